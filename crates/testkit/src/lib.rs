@@ -1,0 +1,38 @@
+//! Test support for the workspace: the real services and ways to break them.
+//!
+//! * [`Service`] names RabbitMQ, Redis and ZooKeeper, reads their endpoints
+//!   from the environment (`AMQP_URL`, `REDIS_URL`, `ZK_CONNECT`) and checks
+//!   readiness over each one's own protocol. `cargo xtask services` uses the
+//!   same probes, so "ready" means the same thing everywhere.
+//! * [`require`] is how a test states that it needs a server: it returns the
+//!   endpoint, or panics with the command that starts the server. A test
+//!   never passes because its server was missing.
+//! * [`FaultProxy`] sits between a client and a real server and cuts,
+//!   refuses, blackholes or delays traffic on demand, so that tests can make
+//!   a shared server "fail" without stopping it.
+//! * [`ZooKeeperServer`] writes a `zoo.cfg` and builds the command that runs
+//!   Debian's ZooKeeper, standalone or as an ensemble member.
+//!
+//! # Quick example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use testkit::{FaultProxy, Service};
+//!
+//! testkit::require(Service::Redis);
+//! let proxy = FaultProxy::start(Service::Redis.addr().unwrap()).unwrap();
+//! assert!(Service::Redis.probe_addr(proxy.addr(), Duration::from_secs(1)).is_ok());
+//! proxy.refuse();
+//! assert!(Service::Redis.probe_addr(proxy.addr(), Duration::from_secs(1)).is_err());
+//! proxy.restore();
+//! ```
+#![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+mod proxy;
+mod services;
+mod zookeeper;
+
+pub use proxy::{FaultProxy, Mode};
+pub use services::{ProbeError, Service, require};
+pub use zookeeper::{ZOOKEEPER_JAR, ZooKeeperServer};
