@@ -96,7 +96,12 @@ fn up_one(service: Service) -> Result<Origin> {
     ensure_installed(service)?;
     let dir = service_dir(service);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    println!("{:<10} starting on port {} (log {})", service.name(), addr.port(), log_file(service).display());
+    println!(
+        "{:<10} starting on port {} (log {})",
+        service.name(),
+        addr.port(),
+        log_file(service).display()
+    );
     start(service, addr.port(), &dir)?;
     fs::write(marker(service), addr.port().to_string())?;
     let wait = match service {
@@ -119,7 +124,16 @@ fn start(service: Service, port: u16, dir: &Path) -> Result<()> {
     match service {
         Service::Redis => {
             let status = Command::new("redis-server")
-                .args(["--daemonize", "yes", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--daemonize",
+                    "yes",
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--port")
                 .arg(port.to_string())
                 .arg("--dir")
@@ -151,14 +165,19 @@ fn start(service: Service, port: u16, dir: &Path) -> Result<()> {
                 .status()
                 .context("running rabbitmq-server")?;
             if !status.success() {
-                bail!("rabbitmq-server exited with {status}; see {}", log.display());
+                bail!(
+                    "rabbitmq-server exited with {status}; see {}",
+                    log.display()
+                );
             }
         }
         Service::ZooKeeper => {
             let server = ZooKeeperServer::standalone(&dir, port);
             let out = fs::File::create(server.log_file())?;
             let mut cmd = server.command()?;
-            cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+            cmd.stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out);
             // Its own process group: the server outlives this command and is
             // not hit by a Ctrl-C meant for cargo.
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -198,7 +217,10 @@ fn rabbit_env(port: u16, dir: &Path) -> Vec<(&'static str, String)> {
         ("RABBITMQ_NODENAME", format!("xtask{port}@localhost")),
         ("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".to_owned()),
         ("RABBITMQ_NODE_PORT", port.to_string()),
-        ("RABBITMQ_DIST_PORT", (u32::from(port) + 20_000).min(65_535).to_string()),
+        (
+            "RABBITMQ_DIST_PORT",
+            (u32::from(port) + 20_000).min(65_535).to_string(),
+        ),
         ("RABBITMQ_MNESIA_BASE", d("mnesia")),
         ("RABBITMQ_LOG_BASE", d("log")),
         ("RABBITMQ_PID_FILE", d("rabbitmq.pid")),
@@ -209,8 +231,8 @@ fn rabbit_env(port: u16, dir: &Path) -> Vec<(&'static str, String)> {
 }
 
 fn kill_pidfile(pidfile: &Path) -> Result<()> {
-    let pid = fs::read_to_string(pidfile)
-        .with_context(|| format!("reading {}", pidfile.display()))?;
+    let pid =
+        fs::read_to_string(pidfile).with_context(|| format!("reading {}", pidfile.display()))?;
     let pid = pid.trim();
     let status = Command::new("kill").arg(pid).status()?;
     if !status.success() {

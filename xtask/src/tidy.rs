@@ -21,7 +21,10 @@ fn library_crates() -> Vec<PathBuf> {
 }
 
 fn name(dir: &Path) -> String {
-    dir.file_name().expect("crate dir has a name").to_string_lossy().into_owned()
+    dir.file_name()
+        .expect("crate dir has a name")
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn read(path: &Path) -> String {
@@ -77,7 +80,9 @@ fn every_crate_has_a_crate_doc_and_uses_workspace_lints() {
         );
         let package = manifest_section(&manifest, "package");
         assert!(
-            package.iter().any(|l| l.trim_start().starts_with(&format!("name = \"{}\"", name(&dir)))),
+            package.iter().any(|l| l
+                .trim_start()
+                .starts_with(&format!("name = \"{}\"", name(&dir)))),
             "crates/{0}: the package must be named like its directory, `{0}`",
             name(&dir)
         );
@@ -110,7 +115,10 @@ fn architecture_md_names_every_crate() {
 #[test]
 fn readme_names_every_crate_and_the_test_command() {
     let readme = read(&workspace_root().join("README.md"));
-    assert!(readme.contains("cargo xtask test"), "README.md must give `cargo xtask test`");
+    assert!(
+        readme.contains("cargo xtask test"),
+        "README.md must give `cargo xtask test`"
+    );
     for dir in library_crates() {
         assert!(
             readme.contains(&format!("crates/{}", name(&dir))),
@@ -123,6 +131,12 @@ fn readme_names_every_crate_and_the_test_command() {
 #[test]
 fn ci_runs_the_readme_test_command() {
     let ci = read(&workspace_root().join(".ci/run"));
-    assert!(ci.contains("set -euo pipefail"), ".ci/run must stop on the first failure");
-    assert!(ci.contains("cargo xtask test"), ".ci/run must run `cargo xtask test`");
+    assert!(
+        ci.contains("set -euo pipefail"),
+        ".ci/run must stop on the first failure"
+    );
+    assert!(
+        ci.contains("cargo xtask test"),
+        ".ci/run must run `cargo xtask test`"
+    );
 }

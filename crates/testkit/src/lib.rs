@@ -35,4 +35,4 @@ mod zookeeper;
 
 pub use proxy::{FaultProxy, Mode};
 pub use services::{ProbeError, Service, require};
-pub use zookeeper::{ZOOKEEPER_JAR, ZooKeeperServer};
+pub use zookeeper::{Ensemble, EnsembleMember, ZOOKEEPER_JAR, ZooKeeperServer};

@@ -219,7 +219,9 @@ fn probe_amqp(stream: &mut TcpStream) -> io::Result<()> {
     if is_start {
         Ok(())
     } else {
-        Err(unexpected(format!("expected Connection.Start, got {head:02x?}")))
+        Err(unexpected(format!(
+            "expected Connection.Start, got {head:02x?}"
+        )))
     }
 }
 
@@ -253,7 +255,10 @@ fn probe_zookeeper(stream: &mut TcpStream) -> io::Result<()> {
     write_frame(stream, &body)?;
     let reply = read_frame(stream)?;
     if reply.len() < 16 {
-        return Err(unexpected(format!("short ConnectResponse of {} bytes", reply.len())));
+        return Err(unexpected(format!(
+            "short ConnectResponse of {} bytes",
+            reply.len()
+        )));
     }
     let timeout = i32::from_be_bytes(reply[4..8].try_into().expect("4 bytes"));
     let session = i64::from_be_bytes(reply[8..16].try_into().expect("8 bytes"));
@@ -297,11 +302,23 @@ mod tests {
 
     #[test]
     fn host_port_handles_every_url_shape() {
-        assert_eq!(host_port("amqp://guest:guest@127.0.0.1:5672/%2f", 5672), "127.0.0.1:5672");
+        assert_eq!(
+            host_port("amqp://guest:guest@127.0.0.1:5672/%2f", 5672),
+            "127.0.0.1:5672"
+        );
         assert_eq!(host_port("amqp://127.0.0.1/%2f", 5672), "127.0.0.1:5672");
-        assert_eq!(host_port("redis://127.0.0.1:6380/0", 6379), "127.0.0.1:6380");
-        assert_eq!(host_port("redis://:secret@localhost", 6379), "localhost:6379");
-        assert_eq!(host_port("127.0.0.1:2181,127.0.0.1:2182/app", 2181), "127.0.0.1:2181");
+        assert_eq!(
+            host_port("redis://127.0.0.1:6380/0", 6379),
+            "127.0.0.1:6380"
+        );
+        assert_eq!(
+            host_port("redis://:secret@localhost", 6379),
+            "localhost:6379"
+        );
+        assert_eq!(
+            host_port("127.0.0.1:2181,127.0.0.1:2182/app", 2181),
+            "127.0.0.1:2181"
+        );
         assert_eq!(host_port("zk-host", 2181), "zk-host:2181");
         assert_eq!(host_port("[::1]:2181", 2181), "[::1]:2181");
     }

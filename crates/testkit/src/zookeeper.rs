@@ -22,11 +22,30 @@ pub struct ZooKeeperServer {
     pub dir: PathBuf,
     /// Port for client connections, on 127.0.0.1.
     pub client_port: u16,
-    /// For an ensemble: this server's id and every member as
-    /// `(id, quorum port, election port)` on 127.0.0.1. Empty: standalone.
-    pub ensemble: Option<(u64, Vec<(u64, u16, u16)>)>,
+    /// For an ensemble member: its id and every member. `None`: standalone.
+    pub ensemble: Option<Ensemble>,
     /// `tickTime` in milliseconds (ZooKeeper's default is 2000).
     pub tick_ms: u32,
+}
+
+/// The membership of a ZooKeeper ensemble, as seen by one member.
+#[derive(Debug, Clone)]
+pub struct Ensemble {
+    /// This server's id (`myid`).
+    pub myid: u64,
+    /// Every member, this one included, on 127.0.0.1.
+    pub members: Vec<EnsembleMember>,
+}
+
+/// One `server.<id>=127.0.0.1:<quorum>:<election>` line of `zoo.cfg`.
+#[derive(Debug, Clone, Copy)]
+pub struct EnsembleMember {
+    /// The member's id.
+    pub id: u64,
+    /// Port followers use to talk to the leader.
+    pub quorum_port: u16,
+    /// Port used for leader election.
+    pub election_port: u16,
 }
 
 impl ZooKeeperServer {
@@ -72,12 +91,19 @@ impl ZooKeeperServer {
         let _ = writeln!(cfg, "clientPortAddress=127.0.0.1");
         let _ = writeln!(cfg, "maxClientCnxns=0");
         let _ = writeln!(cfg, "admin.enableServer=false");
-        let _ = writeln!(cfg, "4lw.commands.whitelist=ruok,srvr,stat,mntr,conf,cons,wchs");
-        if let Some((myid, members)) = &self.ensemble {
-            for (id, quorum, election) in members {
-                let _ = writeln!(cfg, "server.{id}=127.0.0.1:{quorum}:{election}");
+        let _ = writeln!(
+            cfg,
+            "4lw.commands.whitelist=ruok,srvr,stat,mntr,conf,cons,wchs"
+        );
+        if let Some(ensemble) = &self.ensemble {
+            for m in &ensemble.members {
+                let _ = writeln!(
+                    cfg,
+                    "server.{}=127.0.0.1:{}:{}",
+                    m.id, m.quorum_port, m.election_port
+                );
             }
-            fs::write(data.join("myid"), format!("{myid}\n"))?;
+            fs::write(data.join("myid"), format!("{}\n", ensemble.myid))?;
         }
         let zoo_cfg = conf.join("zoo.cfg");
         fs::write(&zoo_cfg, cfg)?;

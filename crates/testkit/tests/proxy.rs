@@ -13,7 +13,9 @@ fn redis_proxy() -> FaultProxy {
 
 fn connect(proxy: &FaultProxy) -> TcpStream {
     let stream = TcpStream::connect(proxy.addr()).expect("connect through proxy");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     stream
 }
 
@@ -68,7 +70,11 @@ fn refuse_rejects_connects_until_restored() {
     let err = TcpStream::connect(proxy.addr()).expect_err("connect must be refused");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
     assert!(ping(&mut live).is_err(), "live connections drop on refuse");
-    assert!(Service::Redis.probe_addr(proxy.addr(), Duration::from_millis(500)).is_err());
+    assert!(
+        Service::Redis
+            .probe_addr(proxy.addr(), Duration::from_millis(500))
+            .is_err()
+    );
 
     proxy.restore();
     Service::Redis
@@ -85,20 +91,24 @@ fn blackhole_accepts_but_stays_silent_then_delivers_on_restore() {
     proxy.blackhole();
     // A new connection is accepted (no refusal), but nothing comes back.
     let mut fresh = connect(&proxy);
-    fresh.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let err = ping(&mut fresh).expect_err("a blackholed server must stay silent");
     assert!(
         matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
         "expected a read timeout, got {err:?}"
     );
-    live.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    live.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     assert!(ping(&mut live).is_err(), "live connections stall too");
 
     // Held requests flow once the partition heals, as TCP would retransmit.
     proxy.restore();
     live.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut reply = [0u8; 7];
-    live.read_exact(&mut reply).expect("held PING answered after restore");
+    live.read_exact(&mut reply)
+        .expect("held PING answered after restore");
     assert_eq!(&reply, b"+PONG\r\n");
 }
 
@@ -112,7 +122,10 @@ fn delay_adds_latency_each_way() {
     let started = Instant::now();
     assert_eq!(ping(&mut conn).unwrap(), "+PONG\r\n");
     let rtt = started.elapsed();
-    assert!(rtt >= Duration::from_millis(200), "round trip {rtt:?} < 2 × 100 ms");
+    assert!(
+        rtt >= Duration::from_millis(200),
+        "round trip {rtt:?} < 2 × 100 ms"
+    );
 
     proxy.restore();
     let started = Instant::now();
@@ -131,5 +144,8 @@ fn require_names_the_service_and_the_command_when_unreachable() {
         .probe_addr(addr, Duration::from_millis(200))
         .expect_err("nothing listens");
     let msg = err.to_string();
-    assert!(msg.contains("Redis") && msg.contains(&addr.to_string()), "{msg}");
+    assert!(
+        msg.contains("Redis") && msg.contains(&addr.to_string()),
+        "{msg}"
+    );
 }
