@@ -1,13 +1,23 @@
 //! Streaming hot-key detection, published to ZooKeeper and watched by every
 //! application instance.
 //!
-//! Work in progress: [`HotKeySet`] (the read side every instance uses) is
-//! ready; counting, detection, Kafka and ZooKeeper follow.
+//! Work in progress: [`HotKeySet`] (the read side every instance uses) and
+//! the [`Detector`] are ready; Kafka and ZooKeeper follow.
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod clock;
+mod config;
+mod detector;
 mod error;
 mod hotset;
+mod rule;
+mod sketch;
+mod window;
 
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::Config;
+pub use detector::{CooledKey, Detector, DetectorStats, Event, HotKey};
 pub use error::{Error, Result};
 pub use hotset::{HotKeySet, HotKeySetUpdater, HotKeySnapshot, SetChange};
+pub use rule::{KeyPattern, MAX_THRESHOLD, Rule, parse_rules};

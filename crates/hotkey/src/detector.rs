@@ -1,0 +1,723 @@
+//! [`Detector`]: counts reads per rule and reports keys crossing their
+//! threshold.
+//!
+//! Per rule, every key first goes through the screening
+//! [`WindowSketch`](crate::sketch::WindowSketch) (fixed memory, an upper
+//! bound of the key's windowed count). A key whose bound reaches the
+//! candidate level (`threshold / candidate_divisor`) gets an exact
+//! [`BucketRing`](crate::window::BucketRing), seeded with the bound it had
+//! before the promoting read, and from then on is counted there and only
+//! there. Because the seed is an upper bound and the ring is exact, the
+//! candidate's window count never under-reports; the over-estimate is the
+//! seed and fades out of the window within one window length.
+//!
+//! Candidates live in a table sharded by key hash (a read-write lock per
+//! shard; the common path takes a shard's read lock and does one atomic
+//! add). The hot path allocates only when a key is promoted.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use hashbrown::HashTable;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::error::Result;
+use crate::rule::Rule;
+use crate::sketch::WindowSketch;
+use crate::window::BucketRing;
+
+const SHARDS: usize = 64;
+const SHARD_SHIFT: u32 = 64 - SHARDS.trailing_zeros();
+
+/// A key crossed its rule's threshold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HotKey {
+    /// The key, as recorded.
+    pub key: Vec<u8>,
+    /// Reads counted in the rule's window when the key was detected (an
+    /// upper bound of the true count; see the crate docs).
+    pub rate: u64,
+    /// Name of the rule that fired.
+    pub rule: String,
+    /// When it was detected, in the detector's clock (ms since the epoch).
+    pub detected_at_ms: u64,
+}
+
+/// A hot key stayed at or below its threshold for its cool-down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CooledKey {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Name of the rule it was hot under.
+    pub rule: String,
+    /// When it cooled down (ms since the epoch).
+    pub cooled_at_ms: u64,
+}
+
+/// What the detector reports, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A key became hot.
+    Hot(HotKey),
+    /// A hot key cooled down.
+    Cooled(CooledKey),
+}
+
+/// Counters describing a detector, from [`Detector::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DetectorStats {
+    /// Candidate keys with an exact window, all rules.
+    pub candidates: usize,
+    /// Keys hot right now.
+    pub hot: usize,
+    /// Keys promoted to candidates so far.
+    pub promotions: u64,
+    /// Candidates dropped (idle, or to make room) so far.
+    pub evictions: u64,
+    /// Promotions refused because a shard was full of busier candidates.
+    /// Non-zero means `max_candidates` is too small for the traffic and
+    /// recall is no longer guaranteed.
+    pub rejected_promotions: u64,
+    /// Events dropped because nobody drained them.
+    pub dropped_events: u64,
+    /// Bytes held by sketches and exact windows (keys included).
+    pub memory_bytes: usize,
+}
+
+struct Candidate {
+    key: Box<[u8]>,
+    hash: u64,
+    ring: BucketRing,
+    hot: AtomicBool,
+}
+
+impl Candidate {
+    fn memory_bytes(&self) -> usize {
+        size_of::<Self>() + 16 + self.key.len() + self.ring.memory_bytes()
+    }
+}
+
+struct HotEntry {
+    candidate: Arc<Candidate>,
+    event: HotKey,
+    below_since: Option<u64>,
+}
+
+struct RuleCounter {
+    rule: Rule,
+    bucket_ms: u64,
+    window_ms: u64,
+    cooldown_ms: u64,
+    candidate_level: u64,
+    shard_cap: usize,
+    sketch: WindowSketch,
+    shards: Box<[RwLock<HashTable<Arc<Candidate>>>]>,
+    hot: Mutex<Vec<HotEntry>>,
+    next_sweep_ms: AtomicU64,
+}
+
+#[inline]
+fn table_hash(hash: u64) -> u64 {
+    // The shard index uses the top bits and the sketch the low ones; remix
+    // so that the table's own control bits are independent of both.
+    hash.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
+}
+
+/// Counts reads and detects hot keys. See the crate docs for the guarantees.
+///
+/// All methods take `&self`; share it with an `Arc` across threads.
+pub struct Detector {
+    config: Config,
+    rules: Box<[RuleCounter]>,
+    clock: Arc<dyn Clock>,
+    hasher: foldhash::fast::FixedState,
+    events: Mutex<VecDeque<Event>>,
+    max_pending_events: usize,
+    notify: Notify,
+    promotions: AtomicU64,
+    evictions: AtomicU64,
+    rejected: AtomicU64,
+    dropped_events: AtomicU64,
+}
+
+impl fmt::Debug for Detector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Detector")
+            .field("rules", &self.rules.len())
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Detector {
+    /// A detector on the system clock.
+    pub fn new(config: Config) -> Result<Self> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// A detector reading time from `clock` (tests use a
+    /// [`ManualClock`](crate::ManualClock)).
+    pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
+        config.validate()?;
+        let blocks = (config.sketch_bytes / 64).next_power_of_two();
+        let blocks = if blocks * 64 > config.sketch_bytes {
+            blocks / 2
+        } else {
+            blocks
+        };
+        let rules = config
+            .rules
+            .iter()
+            .map(|rule| {
+                let window_ms = rule.window.as_millis() as u64;
+                RuleCounter {
+                    rule: rule.clone(),
+                    bucket_ms: rule.bucket_ms(),
+                    window_ms,
+                    cooldown_ms: rule.cooldown.as_millis() as u64,
+                    candidate_level: config.candidate_level(rule),
+                    shard_cap: config.max_candidates.div_ceil(SHARDS),
+                    sketch: WindowSketch::new(blocks, window_ms),
+                    shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+                    hot: Mutex::new(Vec::new()),
+                    next_sweep_ms: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        let seed = config
+            .hash_seed
+            .unwrap_or_else(|| foldhash::fast::RandomState::default().hash_one(0u64));
+        Ok(Detector {
+            max_pending_events: config.max_pending_events,
+            config,
+            rules,
+            clock,
+            hasher: foldhash::fast::FixedState::with_seed(seed),
+            events: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            promotions: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            dropped_events: AtomicU64::new(0),
+        })
+    }
+
+    /// The configuration it runs with.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The clock this detector reads.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The rules, in matching order.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> + '_ {
+        self.rules.iter().map(|r| &r.rule)
+    }
+
+    /// Records one read of `key` now.
+    #[inline]
+    pub fn record(&self, key: &[u8]) {
+        self.record_at(key, 1, self.clock.now_ms());
+    }
+
+    /// Records `n` reads of `key` now (for pre-aggregated counts).
+    #[inline]
+    pub fn record_n(&self, key: &[u8], n: u64) {
+        self.record_at(key, n, self.clock.now_ms());
+    }
+
+    /// Records `n` reads of `key` at `now_ms` (the sans-IO form: time is an
+    /// argument). Time should not go backwards by more than a bucket; reads
+    /// stamped in the past are counted in the newest bucket they meet.
+    #[inline]
+    pub fn record_at(&self, key: &[u8], n: u64, now_ms: u64) {
+        if n == 0 {
+            return;
+        }
+        let Some(rc) = self.rules.iter().find(|r| r.rule.pattern.matches(key)) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(key);
+        let shard = &rc.shards[(hash >> SHARD_SHIFT) as usize];
+        {
+            let table = shard.read();
+            if let Some(c) = table.find(table_hash(hash), |c| *c.key == *key) {
+                c.ring.add(n, now_ms);
+                if !c.hot.load(Ordering::Relaxed) {
+                    let c = Arc::clone(c);
+                    drop(table);
+                    self.check_hot(rc, &c, now_ms);
+                }
+                return;
+            }
+        }
+        let (before, after) = rc.sketch.add(hash, n, now_ms);
+        if after >= rc.candidate_level {
+            self.promote(rc, key, hash, before, n, now_ms);
+        }
+    }
+
+    #[cold]
+    fn promote(&self, rc: &RuleCounter, key: &[u8], hash: u64, seed: u64, n: u64, now_ms: u64) {
+        let shard = &rc.shards[(hash >> SHARD_SHIFT) as usize];
+        let mut table = shard.write();
+        let th = table_hash(hash);
+        if let Some(c) = table.find(th, |c| *c.key == *key) {
+            // Promoted by another thread meanwhile.
+            c.ring.add(n, now_ms);
+            let c = Arc::clone(c);
+            drop(table);
+            self.check_hot(rc, &c, now_ms);
+            return;
+        }
+        if table.len() >= rc.shard_cap {
+            // Make room by evicting the least-counted cold candidate, if it
+            // is below the newcomer. Its count goes back into the sketch so
+            // that the sketch stays an upper bound for it.
+            let victim = table
+                .iter()
+                .filter(|c| !c.hot.load(Ordering::Relaxed))
+                .map(|c| (c.ring.sum(now_ms), c.hash, Arc::clone(c)))
+                .min_by_key(|(sum, _, _)| *sum);
+            match victim {
+                Some((sum, vhash, victim)) if sum < seed + n => {
+                    if let Ok(entry) =
+                        table.find_entry(table_hash(vhash), |c| Arc::ptr_eq(c, &victim))
+                    {
+                        entry.remove();
+                    }
+                    rc.sketch.add(vhash, sum, now_ms);
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        let c = Arc::new(Candidate {
+            key: key.into(),
+            hash,
+            ring: BucketRing::new(rc.rule.buckets, rc.bucket_ms),
+            hot: AtomicBool::new(false),
+        });
+        c.ring.add(seed.saturating_add(n), now_ms);
+        table.insert_unique(th, Arc::clone(&c), |c| table_hash(c.hash));
+        drop(table);
+        self.promotions.fetch_add(1, Ordering::Relaxed);
+        self.check_hot(rc, &c, now_ms);
+    }
+
+    #[inline]
+    fn check_hot(&self, rc: &RuleCounter, c: &Arc<Candidate>, now_ms: u64) {
+        let sum = c.ring.sum(now_ms);
+        if sum > rc.rule.threshold
+            && c.hot
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            let event = HotKey {
+                key: c.key.to_vec(),
+                rate: sum,
+                rule: rc.rule.name.clone(),
+                detected_at_ms: now_ms,
+            };
+            rc.hot.lock().push(HotEntry {
+                candidate: Arc::clone(c),
+                event: event.clone(),
+                below_since: None,
+            });
+            self.push_event(Event::Hot(event));
+        }
+    }
+
+    fn push_event(&self, event: Event) {
+        let mut q = self.events.lock();
+        if q.len() >= self.max_pending_events {
+            q.pop_front();
+            self.dropped_events.fetch_add(1, Ordering::Relaxed);
+        }
+        q.push_back(event);
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// Advances time to the clock's now: cools down keys, drops idle
+    /// candidates. Call it about once per bucket (`spawn_ticker` does).
+    pub fn tick(&self) {
+        self.tick_at(self.clock.now_ms());
+    }
+
+    /// [`tick`](Self::tick) at an explicit time.
+    pub fn tick_at(&self, now_ms: u64) {
+        for rc in self.rules.iter() {
+            let mut cooled = Vec::new();
+            rc.hot.lock().retain_mut(|e| {
+                if e.candidate.ring.sum(now_ms) > rc.rule.threshold {
+                    e.below_since = None;
+                    return true;
+                }
+                let since = *e.below_since.get_or_insert(now_ms);
+                if now_ms.saturating_sub(since) >= rc.cooldown_ms {
+                    e.candidate.hot.store(false, Ordering::Release);
+                    cooled.push(CooledKey {
+                        key: e.event.key.clone(),
+                        rule: rc.rule.name.clone(),
+                        cooled_at_ms: now_ms,
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+            for c in cooled {
+                self.push_event(Event::Cooled(c));
+            }
+            let due = rc.next_sweep_ms.load(Ordering::Relaxed);
+            if now_ms >= due
+                && rc
+                    .next_sweep_ms
+                    .compare_exchange(
+                        due,
+                        now_ms + rc.window_ms,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                for shard in rc.shards.iter() {
+                    let mut table = shard.write();
+                    let before = table.len();
+                    table.retain(|c| c.hot.load(Ordering::Relaxed) || c.ring.sum(now_ms) > 0);
+                    self.evictions
+                        .fetch_add((before - table.len()) as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Takes the next pending event, if any.
+    pub fn poll_event(&self) -> Option<Event> {
+        self.events.lock().pop_front()
+    }
+
+    /// Takes all pending events.
+    pub fn drain_events(&self) -> Vec<Event> {
+        self.events.lock().drain(..).collect()
+    }
+
+    /// Waits for the next event (for an async driver with one consumer).
+    pub async fn next_event(&self) -> Event {
+        loop {
+            if let Some(e) = self.poll_event() {
+                return e;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// The keys hot right now, with the event that made each hot.
+    #[must_use]
+    pub fn hot_keys(&self) -> Vec<HotKey> {
+        self.rules
+            .iter()
+            .flat_map(|rc| {
+                rc.hot
+                    .lock()
+                    .iter()
+                    .map(|e| e.event.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The count in the window of `key` as the detector sees it now: the
+    /// exact window for a candidate, the sketch's upper bound otherwise, and
+    /// `None` when no rule matches the key.
+    #[must_use]
+    pub fn estimate_at(&self, key: &[u8], now_ms: u64) -> Option<u64> {
+        let rc = self.rules.iter().find(|r| r.rule.pattern.matches(key))?;
+        let hash = self.hasher.hash_one(key);
+        let table = rc.shards[(hash >> SHARD_SHIFT) as usize].read();
+        Some(match table.find(table_hash(hash), |c| *c.key == *key) {
+            Some(c) => c.ring.sum(now_ms),
+            None => rc.sketch.estimate(hash, now_ms),
+        })
+    }
+
+    /// Counters and memory use.
+    #[must_use]
+    pub fn stats(&self) -> DetectorStats {
+        let mut s = DetectorStats {
+            promotions: self.promotions.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            rejected_promotions: self.rejected.load(Ordering::Relaxed),
+            dropped_events: self.dropped_events.load(Ordering::Relaxed),
+            ..DetectorStats::default()
+        };
+        for rc in self.rules.iter() {
+            s.memory_bytes += rc.sketch.memory_bytes();
+            for shard in rc.shards.iter() {
+                let t = shard.read();
+                s.candidates += t.len();
+                s.memory_bytes +=
+                    t.capacity() * 16 + t.iter().map(|c| c.memory_bytes()).sum::<usize>();
+            }
+            s.hot += rc.hot.lock().len();
+        }
+        s
+    }
+
+    /// Spawns a tokio task that calls [`tick`](Self::tick) every `period`
+    /// (use the smallest bucket of the rules) until the handle is aborted.
+    pub fn spawn_ticker(
+        self: &Arc<Self>,
+        period: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(period);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                this.tick();
+            }
+        })
+    }
+
+    /// The smallest bucket length of the rules: how often to tick.
+    #[must_use]
+    pub fn tick_period(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.rules.iter().map(|r| r.bucket_ms).min().unwrap_or(100),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn detector(rules: Vec<Rule>) -> (Detector, ManualClock) {
+        let clock = ManualClock::new(1_000_000);
+        let cfg = Config {
+            rules,
+            sketch_bytes: 1 << 16,
+            hash_seed: Some(1),
+            ..Config::default()
+        };
+        (
+            Detector::with_clock(cfg, Arc::new(clock.clone())).unwrap(),
+            clock,
+        )
+    }
+
+    fn hot_events(d: &Detector) -> Vec<HotKey> {
+        d.drain_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Hot(h) => Some(h),
+                Event::Cooled(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exactly_threshold_is_not_hot_one_more_is() {
+        let (d, clock) = detector(vec![Rule::default()]);
+        for _ in 0..1000 {
+            d.record(b"k");
+        }
+        assert!(
+            d.drain_events().is_empty(),
+            "1000 reads is not more than 1000"
+        );
+        clock.advance_ms(999);
+        d.record(b"k");
+        let ev = hot_events(&d);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].key, b"k");
+        assert_eq!(ev[0].rate, 1001);
+        assert_eq!(ev[0].rule, "default");
+        assert_eq!(ev[0].detected_at_ms, 1_000_999);
+        d.record(b"k");
+        assert!(d.drain_events().is_empty(), "no second event while hot");
+        assert_eq!(d.hot_keys().len(), 1);
+    }
+
+    #[test]
+    fn reads_spread_over_more_than_the_window_are_not_hot() {
+        let (d, clock) = detector(vec![Rule::default()]);
+        // 600 reads per 1 s window, for 10 s: never more than 1000 in a window.
+        for _ in 0..100 {
+            for _ in 0..60 {
+                d.record(b"steady");
+            }
+            clock.advance_ms(100);
+            d.tick();
+        }
+        assert!(hot_events(&d).is_empty());
+        let est = d.estimate_at(b"steady", clock.now_ms()).unwrap();
+        assert!((540..=600 + 250).contains(&est), "window estimate {est}");
+    }
+
+    #[test]
+    fn detection_happens_at_the_crossing_read() {
+        let (d, clock) = detector(vec![Rule::default().with_threshold(100)]);
+        // 30 reads per 100 ms bucket: the window passes 100 during the 4th bucket.
+        let mut detected = None;
+        for bucket in 0..10u64 {
+            for i in 0..30 {
+                d.record(b"k");
+                if detected.is_none() && !d.drain_events().is_empty() {
+                    detected = Some(bucket * 30 + i + 1);
+                }
+            }
+            clock.advance_ms(100);
+        }
+        assert_eq!(detected, Some(101), "hot at the 101st read");
+    }
+
+    #[test]
+    fn cools_down_after_staying_below_for_the_cooldown() {
+        let rule = Rule::default()
+            .with_threshold(10)
+            .with_cooldown(Duration::from_millis(500));
+        let (d, clock) = detector(vec![rule]);
+        for _ in 0..11 {
+            d.record(b"k");
+        }
+        assert_eq!(hot_events(&d).len(), 1);
+        // Still in the window: stays hot.
+        clock.advance_ms(900);
+        d.tick();
+        assert!(d.drain_events().is_empty());
+        // Out of the window at +1000; below since then.
+        clock.advance_ms(100);
+        d.tick();
+        clock.advance_ms(400);
+        d.tick();
+        assert!(d.drain_events().is_empty(), "only 400 ms below");
+        // A burst above the threshold resets the cool-down.
+        for _ in 0..11 {
+            d.record(b"k");
+        }
+        d.tick();
+        clock.advance_ms(1000);
+        d.tick();
+        clock.advance_ms(499);
+        d.tick();
+        assert!(d.drain_events().is_empty());
+        clock.advance_ms(1);
+        d.tick();
+        let ev = d.drain_events();
+        assert_eq!(ev.len(), 1);
+        assert!(
+            matches!(&ev[0], Event::Cooled(c) if c.key == b"k" && c.cooled_at_ms == clock.now_ms())
+        );
+        assert!(d.hot_keys().is_empty());
+        // And it can turn hot again.
+        for _ in 0..11 {
+            d.record(b"k");
+        }
+        assert_eq!(hot_events(&d).len(), 1);
+    }
+
+    #[test]
+    fn first_matching_rule_wins_and_unmatched_keys_are_ignored() {
+        let (d, _clock) = detector(vec![
+            Rule::prefix("users", "user:").with_threshold(5),
+            Rule::glob("items", "item:*:v?").with_threshold(2),
+        ]);
+        for _ in 0..6 {
+            d.record(b"user:1");
+            d.record(b"order:1");
+        }
+        for _ in 0..3 {
+            d.record(b"item:7:v2");
+        }
+        let mut ev = hot_events(&d);
+        ev.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(
+            ev.iter()
+                .map(|e| (e.key.as_slice(), e.rule.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(&b"item:7:v2"[..], "items"), (&b"user:1"[..], "users")]
+        );
+        assert_eq!(d.estimate_at(b"order:1", 1_000_000), None);
+    }
+
+    #[test]
+    fn aggregated_counts_and_binary_keys() {
+        let (d, _clock) = detector(vec![Rule::default()]);
+        let key = [0u8, 255, b'/', 0];
+        d.record_n(&key, 600);
+        d.record_n(&key, 401);
+        let ev = hot_events(&d);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].key, key);
+        assert_eq!(ev[0].rate, 1001);
+    }
+
+    #[test]
+    fn idle_candidates_are_swept_and_memory_is_bounded() {
+        let cfg = Config {
+            max_candidates: 128,
+            sketch_bytes: 1 << 20,
+            hash_seed: Some(3),
+            ..Config::default()
+        };
+        let d = Detector::with_clock(cfg, Arc::new(ManualClock::new(0))).unwrap();
+        // 10k distinct keys, each read 300 times: each becomes a candidate.
+        for k in 0..10_000u32 {
+            d.record_at(&k.to_le_bytes(), 300, 0);
+        }
+        let s = d.stats();
+        assert!(s.candidates <= 128 + SHARDS, "{s:?}");
+        assert!(s.evictions > 0 || s.rejected_promotions > 0);
+        assert!(
+            d.hot_keys().is_empty(),
+            "no key was read more than 1000 times"
+        );
+        d.tick_at(5_000);
+        assert_eq!(d.stats().candidates, 0, "idle candidates are dropped");
+    }
+
+    #[test]
+    fn concurrent_records_on_one_key_are_all_counted() {
+        let (d, clock) = detector(vec![Rule::default().with_threshold(1_000_000)]);
+        let d = Arc::new(d);
+        let now = clock.now_ms();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let d = Arc::clone(&d);
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        d.record_at(b"shared", 1, now);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let est = d.estimate_at(b"shared", now).unwrap();
+        // Never under-reports; over-reports at most by reads in flight during promotion.
+        assert!((80_000..80_000 + 250_000 / 4 + 8).contains(&est), "{est}");
+    }
+}
