@@ -40,7 +40,7 @@ impl Default for Config {
             rules: vec![Rule::default()],
             sketch_bytes: 16 << 20,
             max_candidates: 65_536,
-            candidate_divisor: 4,
+            candidate_divisor: 8,
             hash_seed: None,
             max_pending_events: 65_536,
         }

@@ -263,9 +263,14 @@ impl Detector {
                 return;
             }
         }
-        let (before, after) = rc.sketch.add(hash, n, now_ms);
-        if after >= rc.candidate_level {
+        // Promote before adding when this read reaches the candidate level,
+        // so that heavy keys leave at most `candidate_level` reads in the
+        // sketch and do not inflate the keys they collide with.
+        let before = rc.sketch.estimate(hash, now_ms);
+        if before.saturating_add(n) >= rc.candidate_level {
             self.promote(rc, key, hash, before, n, now_ms);
+        } else {
+            rc.sketch.add(hash, n, now_ms);
         }
     }
 

@@ -47,17 +47,17 @@ impl BucketRing {
         let n = n.min(COUNT_MASK);
         let mut old = slot.load(Ordering::Relaxed);
         loop {
-            let age = bucket.wrapping_sub((old >> 32) as u32) as i32;
+            let current = self.is_current(bucket, old);
             let count = old & COUNT_MASK;
-            if age <= 0 && count + n <= COUNT_MASK {
+            if current && count + n <= COUNT_MASK {
                 // Same bucket (or a newer one written by a clock ahead of ours).
                 slot.fetch_add(n, Ordering::Relaxed);
                 return;
             }
-            let new = if age > 0 {
-                (u64::from(bucket) << 32) | n
-            } else {
+            let new = if current {
                 (old & !COUNT_MASK) | COUNT_MASK
+            } else {
+                (u64::from(bucket) << 32) | n
             };
             match slot.compare_exchange_weak(old, new, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return,
@@ -66,17 +66,32 @@ impl BucketRing {
         }
     }
 
+    /// Whether a slot holding `slot` counts for `bucket` itself: it holds
+    /// `bucket`, or a bucket less than a ring ahead (a writer whose clock runs
+    /// ahead). Anything else is stale (or never written) and is recycled.
+    #[inline]
+    fn is_current(&self, bucket: u32, slot: u64) -> bool {
+        let ahead = ((slot >> 32) as u32).wrapping_sub(bucket);
+        (ahead as usize) < self.slots.len()
+    }
+
     /// The count in the window that ends in the bucket holding `now_ms`.
     #[inline]
     pub(crate) fn sum(&self, now_ms: u64) -> u64 {
         let bucket = (now_ms / self.bucket_ms) as u32;
-        let len = self.slots.len() as i32;
+        let len = self.slots.len() as u32;
         self.slots
             .iter()
             .map(|s| {
                 let v = s.load(Ordering::Relaxed);
-                let age = bucket.wrapping_sub((v >> 32) as u32) as i32;
-                if age < len { v & COUNT_MASK } else { 0 }
+                // In the window: at most `len - 1` buckets old, or less than
+                // a ring ahead (see `is_current`).
+                let age = bucket.wrapping_sub((v >> 32) as u32);
+                if age < len || age.wrapping_neg() < len {
+                    v & COUNT_MASK
+                } else {
+                    0
+                }
             })
             .sum()
     }
@@ -100,6 +115,18 @@ mod tests {
         assert_eq!(r.sum(101_900), 0);
         r.add(1, 101_900);
         assert_eq!(r.sum(101_900), 1, "a recycled slot starts from zero");
+    }
+
+    #[test]
+    fn real_unix_timestamps_start_from_empty_slots() {
+        // 1.7e12 ms / 100 wraps the 32-bit bucket number into the upper half:
+        // never-written slots (bucket 0) must not read as current.
+        let r = BucketRing::new(10, 100);
+        let t0 = 1_700_000_000_000;
+        for b in 0..30 {
+            r.add(66, t0 + b * 100);
+            assert_eq!(r.sum(t0 + b * 100), 66 * (b + 1).min(10), "bucket {b}");
+        }
     }
 
     #[test]
@@ -133,10 +160,10 @@ mod tests {
         /// The window sum equals a brute-force count over the same buckets
         /// when time only moves forward.
         #[test]
-        fn matches_brute_force(steps in prop::collection::vec((0u64..40, 1u64..5), 1..300), buckets in 1u32..12) {
+        fn matches_brute_force(steps in prop::collection::vec((0u64..40, 1u64..5), 1..300), buckets in 1u32..12, start in 0u64..(1 << 45)) {
             let bucket_ms = 10;
             let r = BucketRing::new(buckets, bucket_ms);
-            let mut t = 1_000_000u64;
+            let mut t = start;
             let mut log = Vec::new();
             for (dt, n) in steps {
                 t += dt;
