@@ -1,4 +1,117 @@
-//! Circuit-breaking Redis cache client with per-instance limits and a big-value guard
+//! A circuit-breaking Redis cache client that shields the cache, and the
+//! database behind it, from hot keys and big values.
 //!
-//! Work in progress: see the issue for this crate.
+//! The design notes (§2) ask each application instance to cap its reads of
+//! hot data from the cache cluster, to trip and return a blank answer
+//! beyond the cap instead of querying the cluster, and to keep big values
+//! from taking the network down. [`ProtectedCache`] does that in front of a
+//! real Redis (a server through a multiplexed, reconnecting connection, or
+//! a Redis Cluster by configuration):
+//!
+//! | protection | what it does | default |
+//! |---|---|---|
+//! | reads are outcomes | [`Lookup`]: `Hit(value)`, `Miss`, `Blank(reason)`, `TooLarge {..}`; a protection decision is never an error | |
+//! | per-instance read limit | GCRA (governor) on reads sent to Redis; over it → `Blank(RateLimited)` | 10 000/s, burst 1 000 |
+//! | per-key limit for hot keys | GCRA per key, for keys the [`HotKeys`] predicate calls hot (a closure, or `hotkey::HotKeySet` with the `hotkey` feature); over it → `Blank(KeyRateLimited)` | 20/s, burst 5 |
+//! | bounded key tracking | [`BoundedKeyStore`]: hard cap on tracked keys, idle keys evicted (exactly: only full buckets), keys beyond the cap share one overflow cell — governor's keyed stores grow without bound (its issue #171) | 10 000 keys, 60 s idle |
+//! | local cache for hot keys | in-process, bounded in **bytes** (moka's weigher), fresh for a short TTL, then served stale while exactly one request refreshes it; a key read 100 000 times a second costs Redis about one read per TTL | 64 MiB, 1 s TTL, 5 s max stale |
+//! | circuit breaker | [`CircuitBreaker`]: Closed → Open on error ratio, slow-call ratio or error count over a sliding count/time window with a minimum number of calls; Open → Half-open after a delay; exactly N probes; while open, reads are `Blank(CircuitOpen)` at once | 10 s window, ≥ 20 calls, 50 % errors or 80 % slower than 100 ms, open 5 s, 3 probes |
+//! | timeouts | every Redis call; a read that exceeds it is `Blank(Timeout)`, a write is [`Error::Timeout`] | 250 ms |
+//! | miss storms | `get_or_load`: one loader run per key (single flight), the others wait for its result; at most N loads at once; optional negative caching | 64 loads, 2 s timeout, no negative cache |
+//! | big values | writes above the limit refused with [`Error::ValueTooLarge`] before sending; reads run a Lua script that checks `STRLEN` (hashes: `HLEN` and `MEMORY USAGE`) and returns the value only if small enough, atomically, so a big value is never transferred → `TooLarge`; a warning above a soft limit | 1 MiB, warn at 256 KiB |
+//!
+//! Time is injected: limits, breaker and local-cache freshness all read a
+//! governor [`Clock`](governor::clock::Clock), so one
+//! [`FakeRelativeClock`](governor::clock::FakeRelativeClock) drives them
+//! together in tests. The breaker's logic is a sans-IO state machine,
+//! [`BreakerCore`].
+//!
+//! # Quick example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ratelimit::{BlankReason, Config, Lookup, ProtectedCache, Rate};
+//!
+//! # async fn demo() -> ratelimit::Result<()> {
+//! let cfg = Config {
+//!     read_limit: Some(Rate::per_second(5_000).with_burst(500)),
+//!     ..Config::standalone("redis://127.0.0.1:6379")
+//! };
+//! let cache = ProtectedCache::builder(cfg)
+//!     .hot_keys(|key: &[u8]| key.starts_with(b"item:hot:"))
+//!     .connect()
+//!     .await?;
+//!
+//! cache.set("item:42", "a small value", Some(Duration::from_secs(60))).await?;
+//! match cache.get("item:42").await? {
+//!     Lookup::Hit(value) => println!("{} bytes", value.len()),
+//!     Lookup::Miss => println!("not cached"),
+//!     Lookup::Blank(reason) => println!("try again later ({reason})"),
+//!     Lookup::TooLarge { size, limit } => println!("{size} bytes is above {limit}"),
+//! }
+//!
+//! // On a miss one caller per key asks the database; the others wait.
+//! let page = cache
+//!     .get_or_load("item:43", || async {
+//!         Ok::<_, std::io::Error>(Some(b"from the database".to_vec()))
+//!     })
+//!     .await?;
+//! if page == Lookup::Blank(BlankReason::CircuitOpen) {
+//!     println!("redis is unwell: render the page without it");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! * A read returns within `call_timeout` of its Redis call (plus, for
+//!   `get_or_load`, `loader.timeout`); it never hangs on a silent server.
+//! * Redis receives at most `burst + rate × t` reads from one instance in
+//!   any interval `t` (the per-instance limit), and at most that of the
+//!   per-key rate for one hot key; local hits and blanks send nothing.
+//! * In half-open, at most `half_open_permits` probes are outstanding, and
+//!   exactly that many results decide (a cancelled probe returns its
+//!   permit).
+//! * A string above `big_values.max_bytes` is never transferred by a read,
+//!   and never sent by a write.
+//! * The per-key limiter never tracks more than `max_tracked_keys` keys.
+//! * Writes: `Ok` means Redis acknowledged the write. [`Error::Timeout`]
+//!   means it may or may not have been applied. Local copies (this
+//!   instance) are dropped on every write; other instances' local copies
+//!   stay until their TTL (plus `max_stale`) runs out: a hot key's value
+//!   may be that old.
 #![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+mod breaker;
+mod cache;
+mod clock;
+mod config;
+mod error;
+mod flight;
+mod guard;
+mod hot;
+mod limits;
+mod local;
+pub mod metrics;
+mod outcome;
+mod window;
+
+pub use breaker::{
+    BreakerCore, CallOutcome, CircuitBreaker, Permit, Rejected, State, Ticket, Transition,
+    TransitionReason,
+};
+pub use cache::{Builder, ProtectedCache};
+pub use config::{
+    BigValueConfig, BreakerConfig, Config, LoaderConfig, LocalConfig, Rate, Topology, Window,
+};
+pub use error::{Error, Result};
+pub use hot::{HotKeys, NoHotKeys};
+pub use limits::{BoundedKeyStore, KeyedLimiter};
+pub use outcome::{BlankReason, Lookup, ValueKind, ValueSize};
+pub use window::WindowTotals;
+
+pub use bytes;
+pub use governor;
+pub use redis;
