@@ -1,0 +1,105 @@
+//! Registry configuration.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How the registry core behaves: leases, eviction, self-preservation, deltas.
+///
+/// Defaults are Eureka's, except where Eureka's default is the complaint the
+/// crate fixes (the eviction pass runs every 5 s instead of 60 s).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The longest lease a client may ask for (`leaseInfo.durationInSecs`); longer asks are cut to it.
+    pub max_lease_duration: Duration,
+    /// How often the eviction pass runs (Eureka: `evictionIntervalTimerInMs`).
+    pub eviction_interval: Duration,
+    /// Self-preservation threshold: the share of expected renewals per minute below
+    /// which leases stop expiring (Eureka: `renewalPercentThreshold`, 0.85). Also sets the
+    /// cap of one eviction pass: at most `size - floor(size * threshold)` leases.
+    pub renewal_percent_threshold: f64,
+    /// Whether self-preservation is on (Eureka: `enableSelfPreservation`).
+    pub self_preservation: bool,
+    /// How long a change stays in the delta queue (Eureka: `retentionTimeInMSInDeltaQueue`).
+    pub delta_retention: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_lease_duration: Duration::from_secs(24 * 3600),
+            eviction_interval: Duration::from_secs(5),
+            renewal_percent_threshold: 0.85,
+            self_preservation: true,
+            delta_retention: Duration::from_secs(180),
+        }
+    }
+}
+
+impl Config {
+    /// Checks every field; the error names the field and the value.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_lease_duration < Duration::from_secs(1) {
+            return Err(bad(
+                "max_lease_duration",
+                format!("{:?}", self.max_lease_duration),
+                "must be at least 1s",
+            ));
+        }
+        if self.eviction_interval < Duration::from_millis(10) {
+            return Err(bad(
+                "eviction_interval",
+                format!("{:?}", self.eviction_interval),
+                "must be at least 10ms",
+            ));
+        }
+        let p = self.renewal_percent_threshold;
+        if !(p > 0.0 && p < 1.0) {
+            return Err(bad(
+                "renewal_percent_threshold",
+                p.to_string(),
+                "must be in (0, 1)",
+            ));
+        }
+        if self.delta_retention < Duration::from_secs(1) {
+            return Err(bad(
+                "delta_retention",
+                format!("{:?}", self.delta_retention),
+                "must be at least 1s",
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn bad(field: &'static str, value: String, reason: &'static str) -> Error {
+    Error::InvalidConfig {
+        field,
+        value,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        Config::default().validate().unwrap();
+        let c = Config {
+            renewal_percent_threshold: 1.5,
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("renewal_percent_threshold") && e.contains("1.5"),
+            "{e}"
+        );
+        let c = Config {
+            renewal_percent_threshold: f64::NAN,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}
