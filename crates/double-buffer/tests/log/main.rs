@@ -1,0 +1,324 @@
+//! Scenario tests of the spill log, each run on disk and in memory.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::thread;
+use std::time::Duration;
+
+use double_buffer::{Config, Error};
+use support::{Env, both, parse, payload, read_all, small};
+
+both!(
+    append_wait_reopen_replay_commit,
+    replay_resumes_after_commit_and_deletes_segments,
+    eight_writers_every_acknowledged_record_reads_back,
+    replay_runs_while_appends_continue,
+    bad_input_is_refused_with_typed_errors,
+    try_append_would_block_when_both_buffers_are_full,
+    linger_makes_unwaited_records_durable,
+    keyed_records_keep_their_order,
+    record_ids_stay_unique_after_every_segment_is_deleted,
+);
+
+fn append_wait_reopen_replay_commit(env: &Env) {
+    let (log, report) = env.open(small()).unwrap();
+    assert_eq!(report.pending_records, 0);
+    let mut ids = Vec::new();
+    for seq in 0..500 {
+        ids.push(log.append(&payload(0, seq)).unwrap().wait().unwrap());
+    }
+    log.close().unwrap();
+    assert!(
+        env.segment_files().len() > 1,
+        "64 KiB segments must have rotated"
+    );
+
+    let (log, report) = env.open(small()).unwrap();
+    assert_eq!(report.pending_records, 500);
+    assert!(report.torn.is_none(), "{report:?}");
+    let records = read_all(&log);
+    assert_eq!(
+        records.iter().map(|r| r.0).collect::<Vec<_>>(),
+        ids.iter().map(|i| i.get()).collect::<Vec<_>>()
+    );
+    for (i, (_, _, p)) in records.iter().enumerate() {
+        assert_eq!(parse(p), (0, i as u32));
+    }
+    let mut replay = log.replay().unwrap();
+    while replay.next_record().unwrap().is_some() {}
+    replay.commit().unwrap();
+    drop(replay);
+    log.close().unwrap();
+
+    let (log, report) = env.open(small()).unwrap();
+    assert_eq!(report.pending_records, 0, "{report:?}");
+    assert!(read_all(&log).is_empty());
+    assert!(env_segments_at_most(env, 1));
+    log.close().unwrap();
+}
+
+fn env_segments_at_most(env: &Env, n: usize) -> bool {
+    let files = env.segment_files();
+    assert!(files.len() <= n, "segments left: {files:?}");
+    true
+}
+
+fn replay_resumes_after_commit_and_deletes_segments(env: &Env) {
+    let (log, _) = env.open(small()).unwrap();
+    for seq in 0..600 {
+        drop(log.append_keyed(7, &payload(1, seq)).unwrap());
+    }
+    log.flush().unwrap();
+    let before = env.segment_files().len();
+    let mut replay = log.replay().unwrap();
+    let mut seen = 0;
+    let mut commit_at = None;
+    while let Some(r) = replay.next_record().unwrap() {
+        assert_eq!(parse(r.payload()), (1, seen));
+        seen += 1;
+        if seen == 400 {
+            commit_at = Some(r.position());
+        }
+    }
+    assert_eq!(seen, 600);
+    replay.commit_to(commit_at.unwrap()).unwrap();
+    assert!(
+        env.segment_files().len() < before,
+        "replayed segments are deleted on commit"
+    );
+    // Positions behind the checkpoint or beyond the reader are refused.
+    let err = replay
+        .commit_to(double_buffer::Position::clone(&replay.committed()))
+        .map(|_| ());
+    assert!(err.is_ok(), "re-committing the same position is harmless");
+    drop(replay);
+    log.close().unwrap();
+
+    let (log, report) = env.open(small()).unwrap();
+    assert_eq!(report.pending_records, 200);
+    let rest: Vec<u32> = read_all(&log).iter().map(|r| parse(&r.2).1).collect();
+    assert_eq!(rest, (400..600).collect::<Vec<_>>());
+    log.close().unwrap();
+}
+
+fn eight_writers_every_acknowledged_record_reads_back(env: &Env) {
+    const WRITERS: u32 = 8;
+    const EACH: u32 = 400;
+    let (log, _) = env
+        .open(Config {
+            slices: 4,
+            ..small()
+        })
+        .unwrap();
+    let acked: Vec<Vec<(u32, u64)>> = thread::scope(|s| {
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let log = &log;
+                s.spawn(move || {
+                    let mut acked = Vec::new();
+                    let mut window = std::collections::VecDeque::new();
+                    for seq in 0..EACH {
+                        window.push_back((seq, log.append(&payload(w, seq)).unwrap()));
+                        if window.len() > 16 {
+                            let (seq, t) = window.pop_front().unwrap();
+                            acked.push((seq, t.wait().unwrap().get()));
+                        }
+                    }
+                    for (seq, t) in window {
+                        acked.push((seq, t.wait().unwrap().get()));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    log.close().unwrap();
+
+    let (log, report) = env
+        .open(Config {
+            slices: 4,
+            ..small()
+        })
+        .unwrap();
+    assert_eq!(report.pending_records, u64::from(WRITERS * EACH));
+    let records = read_all(&log);
+    let by_id: BTreeMap<u64, (u32, u32)> =
+        records.iter().map(|(id, _, p)| (*id, parse(p))).collect();
+    assert_eq!(by_id.len(), records.len(), "ids are unique");
+    for (w, list) in acked.iter().enumerate() {
+        for &(seq, id) in list {
+            assert_eq!(
+                by_id.get(&id),
+                Some(&(w as u32, seq)),
+                "acknowledged record {id} lost or wrong"
+            );
+        }
+    }
+    // Per slice, ids increase in log order.
+    let mut last: BTreeMap<usize, u64> = BTreeMap::new();
+    for (id, slice, _) in &records {
+        let prev = last.insert(*slice, *id).unwrap_or(0);
+        assert!(*id > prev, "slice {slice}: id {id} after {prev}");
+    }
+    log.close().unwrap();
+}
+
+fn replay_runs_while_appends_continue(env: &Env) {
+    let (log, _) = env.open(small()).unwrap();
+    const TOTAL: u32 = 3000;
+    let mut got = Vec::new();
+    thread::scope(|s| {
+        let log = &log;
+        s.spawn(move || {
+            for seq in 0..TOTAL {
+                let t = log.append_keyed(0, &payload(2, seq)).unwrap();
+                if seq % 100 == 99 {
+                    t.wait().unwrap();
+                }
+            }
+            log.flush().unwrap();
+        });
+        let mut replay = log.replay().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while got.len() < TOTAL as usize {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replay stalled at {}",
+                got.len()
+            );
+            let mut n = 0;
+            while let Some(r) = replay.next_record().unwrap() {
+                got.push(parse(r.payload()).1);
+                n += 1;
+            }
+            if n > 0 {
+                replay.commit().unwrap();
+            } else {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    assert_eq!(
+        got,
+        (0..TOTAL).collect::<Vec<_>>(),
+        "keyed records replay once each, in order"
+    );
+    log.close().unwrap();
+    let files = env.segment_files();
+    assert!(
+        files.len() <= 2,
+        "replayed segments were deleted while appending: {files:?}"
+    );
+}
+
+fn bad_input_is_refused_with_typed_errors(env: &Env) {
+    let config = small();
+    let max = config.max_record_len();
+    let (log, _) = env.open(config.clone()).unwrap();
+    assert!(matches!(log.append(b""), Err(Error::EmptyRecord)));
+    assert!(
+        matches!(log.append(&vec![1; max + 1]), Err(Error::RecordTooLarge { len, max: m }) if len == max + 1 && m == max)
+    );
+    let id = log.append(&vec![7; max]).unwrap().wait().unwrap();
+    log.close().unwrap();
+    let bad = Config {
+        slices: 0,
+        ..small()
+    };
+    assert!(matches!(
+        env.open(bad),
+        Err(Error::InvalidConfig {
+            field: "slices",
+            ..
+        })
+    ));
+    let (log, _) = env.open(config).unwrap();
+    let records = read_all(&log);
+    assert_eq!(records.len(), 1);
+    assert_eq!((records[0].0, records[0].2.len()), (id.get(), max));
+    log.close().unwrap();
+}
+
+fn try_append_would_block_when_both_buffers_are_full(env: &Env) {
+    let config = Config {
+        slices: 2,
+        flush_thread: false,
+        ..small()
+    };
+    let (log, _) = env.open(config).unwrap();
+    let record = vec![3u8; 1000];
+    let mut tickets = Vec::new();
+    let err = loop {
+        match log.try_append(&record) {
+            Ok(t) => tickets.push(t),
+            Err(e) => break e,
+        }
+        assert!(tickets.len() < 100, "memory must be bounded");
+    };
+    assert!(matches!(err, Error::WouldBlock), "{err:?}");
+    // 2 slices × 2 buffers × 8 KiB hold 16 records of 1020 bytes.
+    assert_eq!(tickets.len(), 2 * 2 * 8);
+    assert!(tickets.iter().all(|t| !t.is_durable().unwrap()));
+    // Without a flusher thread, a blocking append flushes by itself.
+    let t = log.append(&record).unwrap();
+    log.flush().unwrap();
+    assert!(tickets.iter().chain([&t]).all(|t| t.is_durable().unwrap()));
+    log.close().unwrap();
+}
+
+fn linger_makes_unwaited_records_durable(env: &Env) {
+    let (log, _) = env
+        .open(Config {
+            linger: Duration::from_millis(5),
+            ..small()
+        })
+        .unwrap();
+    let t = log.append(b"nobody waits for me").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !t.is_durable().unwrap() {
+        assert!(std::time::Instant::now() < deadline, "linger did not flush");
+        thread::sleep(Duration::from_millis(1));
+    }
+    log.close().unwrap();
+}
+
+fn keyed_records_keep_their_order(env: &Env) {
+    let (log, _) = env.open(small()).unwrap();
+    thread::scope(|s| {
+        for w in 0..4u32 {
+            let log = &log;
+            s.spawn(move || {
+                for seq in 0..300 {
+                    drop(log.append_keyed(u64::from(w), &payload(w, seq)).unwrap());
+                }
+            });
+        }
+    });
+    log.flush().unwrap();
+    let mut next = [0u32; 4];
+    for (_, slice, p) in read_all(&log) {
+        let (w, seq) = parse(&p);
+        assert_eq!(slice, w as usize % 4);
+        assert_eq!(seq, next[w as usize], "writer {w} out of order");
+        next[w as usize] += 1;
+    }
+    assert_eq!(next, [300; 4]);
+    log.close().unwrap();
+}
+
+fn record_ids_stay_unique_after_every_segment_is_deleted(env: &Env) {
+    let mut seen = HashSet::new();
+    for round in 0..3 {
+        let (log, _) = env.open(small()).unwrap();
+        for seq in 0..50 {
+            assert!(seen.insert(log.append(&payload(round, seq)).unwrap().wait().unwrap()));
+        }
+        let mut replay = log.replay().unwrap();
+        while replay.next_record().unwrap().is_some() {}
+        replay.commit().unwrap();
+        drop(replay);
+        log.close().unwrap();
+    }
+}
