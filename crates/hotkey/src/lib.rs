@@ -14,6 +14,9 @@ mod hotset;
 mod rule;
 mod sketch;
 mod window;
+#[cfg(feature = "zookeeper")]
+mod zk;
+mod znode;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
@@ -21,3 +24,11 @@ pub use detector::{CooledKey, Detector, DetectorStats, Event, HotKey};
 pub use error::{Error, Result};
 pub use hotset::{HotKeySet, HotKeySetUpdater, HotKeySnapshot, SetChange};
 pub use rule::{KeyPattern, MAX_THRESHOLD, Rule, parse_rules};
+#[cfg(feature = "zookeeper")]
+pub use zk::{
+    DigestCredentials, HotKeyWatch, KeyNodeData, PublisherHandle, PublisherStats, SyncOutcome,
+    WatchStats, ZkConfig, ZkPublisher,
+};
+pub use znode::{decode_key, encode_key};
+#[cfg(feature = "zookeeper")]
+pub use zookeeper_client;

@@ -4,3 +4,4 @@
 mod workload;
 
 mod accuracy;
+mod zk;
