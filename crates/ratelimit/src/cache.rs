@@ -3,7 +3,9 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
@@ -346,7 +348,7 @@ where
             Ok(p) => p,
             Err(reason) => return Ok(self.blank(reason)),
         };
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn.handle();
         let res = tokio::time::timeout(
             self.inner.cfg.call_timeout,
             guard::read_hash(&mut conn, key, big.max_bytes, big.max_elements),
@@ -382,7 +384,7 @@ where
             Ok(p) => p,
             Err(reason) => return Ok(self.blank(reason)),
         };
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn.handle();
         let res =
             tokio::time::timeout(self.inner.cfg.call_timeout, guard::size(&mut conn, key)).await;
         Ok(match self.settle(permit, "SIZE", key, res)? {
@@ -484,7 +486,7 @@ where
             Ok(p) => p,
             Err(reason) => return Ok(self.blank(reason)),
         };
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.conn.handle();
         let res = tokio::time::timeout(
             self.inner.cfg.call_timeout,
             guard::read_string(&mut conn, key, max),
@@ -550,6 +552,14 @@ where
             Err(_) => {
                 permit.failure();
                 tracing::debug!(op, key = %show_key(key), "redis call timed out");
+                self.inner.conn.timed_out();
+                Ok(Err(BlankReason::Timeout))
+            }
+            Ok(Err(ReadError::Redis(e))) if e.is_timeout() => {
+                // The connection's own response timeout (the same bound).
+                permit.failure();
+                tracing::debug!(op, key = %show_key(key), "redis call timed out");
+                self.inner.conn.timed_out();
                 Ok(Err(BlankReason::Timeout))
             }
             Ok(Ok(v)) => {
@@ -677,12 +687,22 @@ where
             key: show_key(key),
             reason: BlankReason::CircuitOpen,
         })?;
-        let mut conn = inner.conn.clone();
+        let mut conn = inner.conn.handle();
         match tokio::time::timeout(inner.cfg.call_timeout, cmd.query_async::<Value>(&mut conn))
             .await
         {
             Err(_) => {
                 permit.failure();
+                inner.conn.timed_out();
+                Err(Error::Timeout {
+                    op,
+                    key: show_key(key),
+                    after: inner.cfg.call_timeout,
+                })
+            }
+            Ok(Err(e)) if e.is_timeout() => {
+                permit.failure();
+                inner.conn.timed_out();
                 Err(Error::Timeout {
                     op,
                     key: show_key(key),
@@ -806,8 +826,25 @@ fn is_fault(e: &RedisError) -> bool {
 
 /// The connection: one multiplexed, reconnecting connection to a server,
 /// or a cluster connection.
-#[derive(Clone)]
 enum Conn {
+    Standalone(Box<Standalone>),
+    Cluster(ClusterConnection),
+}
+
+/// A `ConnectionManager` reconnects when a connection fails, but not when
+/// it goes silent (a half-dead TCP connection times out forever). So a
+/// timeout swaps in a fresh manager, at most once per call timeout;
+/// calls in flight keep the old one until they end.
+struct Standalone {
+    client: redis::Client,
+    manager_cfg: ConnectionManagerConfig,
+    current: ArcSwap<ConnectionManager>,
+    last_reset: parking_lot::Mutex<Option<Instant>>,
+    min_reset_interval: Duration,
+}
+
+/// One call's handle on the connection.
+enum Handle {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -819,7 +856,7 @@ impl Conn {
             endpoint: endpoint.clone(),
             source,
         };
-        let mut conn = match &cfg.topology {
+        let conn = match &cfg.topology {
             Topology::Standalone { url } => {
                 let client = redis::Client::open(url.as_str()).map_err(connect_err)?;
                 // Few, short reconnect attempts: while Redis is down calls
@@ -831,10 +868,16 @@ impl Conn {
                     .set_number_of_retries(1)
                     .set_min_delay(Duration::from_millis(10))
                     .set_max_delay(Duration::from_millis(100));
-                Conn::Standalone(
-                    ConnectionManager::new_lazy_with_config(client, manager_cfg)
-                        .map_err(connect_err)?,
-                )
+                let manager =
+                    ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg.clone())
+                        .map_err(connect_err)?;
+                Conn::Standalone(Box::new(Standalone {
+                    client,
+                    manager_cfg,
+                    current: ArcSwap::from_pointee(manager),
+                    last_reset: parking_lot::Mutex::new(None),
+                    min_reset_interval: cfg.call_timeout,
+                }))
             }
             Topology::Cluster { nodes } => {
                 let client = ClusterClientBuilder::new(nodes.clone())
@@ -858,7 +901,8 @@ impl Conn {
         };
         if !lazy {
             let ping_cmd = redis::cmd("PING");
-            let ping = ping_cmd.query_async::<Value>(&mut conn);
+            let mut handle = conn.handle();
+            let ping = ping_cmd.query_async::<Value>(&mut handle);
             match tokio::time::timeout(cfg.connect_timeout, ping).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(connect_err(e)),
@@ -872,13 +916,41 @@ impl Conn {
         }
         Ok(conn)
     }
+
+    #[inline]
+    fn handle(&self) -> Handle {
+        match self {
+            Conn::Standalone(s) => Handle::Standalone(ConnectionManager::clone(&s.current.load())),
+            Conn::Cluster(c) => Handle::Cluster(c.clone()),
+        }
+    }
+
+    /// A call timed out: replace a possibly half-dead connection.
+    fn timed_out(&self) {
+        let Conn::Standalone(s) = self else {
+            return; // the cluster connection manages its nodes itself
+        };
+        let now = Instant::now();
+        let mut last = s.last_reset.lock();
+        if last.is_some_and(|at| now.duration_since(at) < s.min_reset_interval) {
+            return;
+        }
+        *last = Some(now);
+        match ConnectionManager::new_lazy_with_config(s.client.clone(), s.manager_cfg.clone()) {
+            Ok(fresh) => {
+                s.current.store(Arc::new(fresh));
+                tracing::info!("redis call timed out: replaced the connection");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not replace the redis connection"),
+        }
+    }
 }
 
-impl ConnectionLike for Conn {
+impl ConnectionLike for Handle {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Standalone(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Handle::Standalone(c) => c.req_packed_command(cmd),
+            Handle::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -889,15 +961,15 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Handle::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Handle::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Standalone(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Handle::Standalone(c) => c.get_db(),
+            Handle::Cluster(c) => c.get_db(),
         }
     }
 }

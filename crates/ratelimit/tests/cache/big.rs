@@ -1,0 +1,241 @@
+//! Big values, on a private server whose traffic counters only this test
+//! moves.
+
+use std::time::Duration;
+
+use governor::clock::FakeRelativeClock;
+use ratelimit::{BigValueConfig, Error, Lookup, ProtectedCache, ValueKind};
+
+use crate::support::{PrivateRedis, admin, test_config, unique_key, unique_name};
+
+const MIB: u64 = 1024 * 1024;
+
+#[tokio::test]
+async fn a_64_mib_value_is_refused_without_being_read() {
+    let server = PrivateRedis::start();
+    let url = server.url();
+    let mut con = admin(&url);
+    let key = unique_key("big64");
+    let size = 64 * MIB;
+    // Build the value on the server: nothing crosses the network.
+    let len: u64 = redis::cmd("SETRANGE")
+        .arg(&key)
+        .arg(size - 1)
+        .arg("x")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(len, size);
+    let cache = ProtectedCache::connect(test_config(&unique_name("big64"), &url))
+        .await
+        .unwrap();
+    let limit = cache.config().big_values.max_bytes;
+    assert_eq!(limit, MIB);
+
+    // Load the scripts first, so the counts below are of calls only.
+    let absent = unique_key("absent");
+    assert_eq!(cache.get(&absent).await.unwrap(), Lookup::Miss);
+    assert_eq!(cache.size(&absent).await.unwrap(), Lookup::Miss);
+
+    let sent_before = server.stat("total_net_output_bytes");
+    let scripts_before = server.command_calls("evalsha");
+    for _ in 0..3 {
+        assert_eq!(
+            cache.get(&key).await.unwrap(),
+            Lookup::TooLarge { size, limit }
+        );
+    }
+    let Lookup::Hit(measured) = cache.size(&key).await.unwrap() else {
+        panic!("size not measured");
+    };
+    assert_eq!(measured.kind, ValueKind::String);
+    assert_eq!(measured.bytes, size);
+    let sent = server.stat("total_net_output_bytes") - sent_before;
+    assert!(
+        sent < 64 * 1024,
+        "{sent} bytes left the server for a refused value"
+    );
+    // The verdict is remembered: one guarded read, then no more round trips
+    // (the other call is the size script).
+    assert_eq!(server.command_calls("evalsha") - scripts_before, 2);
+
+    // A 64 MiB write is refused before anything is sent.
+    let received_before = server.stat("total_net_input_bytes");
+    let other = unique_key("big64-write");
+    let err = cache
+        .set(&other, vec![0u8; size as usize], None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ValueTooLarge { size: s, limit: l, .. } if s == size && l == limit),
+        "{err}"
+    );
+    let received = server.stat("total_net_input_bytes") - received_before;
+    assert!(received < 64 * 1024, "{received} bytes reached the server");
+    let exists: bool = redis::cmd("EXISTS").arg(&other).query(&mut con).unwrap();
+    assert!(!exists);
+
+    // At the limit is fine, one byte above is not.
+    cache
+        .set(&other, vec![1u8; limit as usize], None)
+        .await
+        .unwrap();
+    assert!(matches!(cache.get(&other).await.unwrap(), Lookup::Hit(v) if v.len() as u64 == limit));
+    assert!(
+        cache
+            .set(&other, vec![1u8; limit as usize + 1], None)
+            .await
+            .is_err()
+    );
+}
+
+/// A writer keeps flipping a key between a small value and an 8 MiB one
+/// while readers read it: the size check and the read are one atomic
+/// script, so no read ever carries the big value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_racing_writer_cannot_make_a_read_pull_a_big_value() {
+    let server = PrivateRedis::start();
+    let url = server.url();
+    let key = unique_key("bigrace");
+    let clock = FakeRelativeClock::default();
+    let mut cfg = test_config(&unique_name("bigrace"), &url);
+    cfg.local = None;
+    cfg.big_values = BigValueConfig {
+        max_bytes: 4096,
+        warn_bytes: 2048,
+        max_elements: 100,
+    };
+    let cache = ProtectedCache::builder(cfg)
+        .clock(clock.clone())
+        .connect()
+        .await
+        .unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (url, key, stop) = (url.clone(), key.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut con = admin(&url);
+            let mut flips = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _: () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg("small")
+                    .query(&mut con)
+                    .unwrap();
+                let _: u64 = redis::cmd("SETRANGE")
+                    .arg(&key)
+                    .arg(8 * MIB - 1)
+                    .arg("x")
+                    .query(&mut con)
+                    .unwrap();
+                flips += 1;
+            }
+            flips
+        })
+    };
+    let sent_before = server.stat("total_net_output_bytes");
+    let (mut small, mut big) = (0u32, 0u32);
+    for _ in 0..300 {
+        clock.advance(Duration::from_secs(2)); // forget the too-large verdict
+        match cache.get(&key).await.unwrap() {
+            Lookup::Hit(v) => {
+                assert_eq!(&v[..], b"small");
+                small += 1;
+            }
+            Lookup::TooLarge { size, .. } => {
+                assert_eq!(size, 8 * MIB);
+                big += 1;
+            }
+            Lookup::Miss => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flips = writer.join().unwrap();
+    let sent = server.stat("total_net_output_bytes") - sent_before;
+    assert!(
+        flips > 0 && small + big > 0,
+        "flips {flips}, small {small}, big {big}"
+    );
+    // 300 reads of at most a few dozen bytes each, plus the writer's short
+    // replies: nowhere near one 8 MiB value.
+    assert!(sent < 2 * MIB, "{sent} bytes left the server");
+}
+
+#[tokio::test]
+async fn collections_are_guarded_by_element_count_and_memory() {
+    let server = PrivateRedis::start();
+    let url = server.url();
+    let mut con = admin(&url);
+    let mut cfg = test_config(&unique_name("bighash"), &url);
+    cfg.big_values.max_elements = 10;
+    let cache = ProtectedCache::connect(cfg).await.unwrap();
+
+    let wide = unique_key("wide");
+    for i in 0..20 {
+        let _: () = redis::cmd("HSET")
+            .arg(&wide)
+            .arg(i)
+            .arg("v")
+            .query(&mut con)
+            .unwrap();
+    }
+    assert_eq!(
+        cache.get_hash(&wide).await.unwrap(),
+        Lookup::TooLarge {
+            size: 20,
+            limit: 10
+        }
+    );
+
+    let heavy = unique_key("heavy");
+    let fat = vec![b'x'; 2 * MIB as usize];
+    let _: () = redis::cmd("HSET")
+        .arg(&heavy)
+        .arg("f")
+        .arg(&fat[..])
+        .query(&mut con)
+        .unwrap();
+    let sent_before = server.stat("total_net_output_bytes");
+    let Lookup::TooLarge { size, limit } = cache.get_hash(&heavy).await.unwrap() else {
+        panic!("a 2 MiB hash was read");
+    };
+    assert!(size > 2 * MIB && limit == MIB, "{size} {limit}");
+    assert!(server.stat("total_net_output_bytes") - sent_before < 64 * 1024);
+}
+
+#[tokio::test]
+async fn a_one_node_redis_cluster_by_configuration() {
+    let server = PrivateRedis::cluster();
+    let name = unique_name("cluster");
+    let base = test_config(&name, &server.url());
+    let cfg = ratelimit::Config {
+        topology: ratelimit::Topology::Cluster {
+            nodes: vec![server.url()],
+        },
+        ..base
+    };
+    let cache = ProtectedCache::connect(cfg).await.unwrap();
+    for i in 0..20 {
+        let key = unique_key(&format!("cluster{i}"));
+        cache.set(&key, format!("v{i}"), None).await.unwrap();
+        assert_eq!(
+            cache.get(&key).await.unwrap(),
+            Lookup::Hit(format!("v{i}").into())
+        );
+        assert!(cache.del(&key).await.unwrap());
+        assert_eq!(cache.get(&key).await.unwrap(), Lookup::Miss);
+    }
+    let big = unique_key("cluster-big");
+    let mut con = admin(&server.url());
+    let _: u64 = redis::cmd("SETRANGE")
+        .arg(&big)
+        .arg(2 * MIB)
+        .arg("x")
+        .query(&mut con)
+        .unwrap();
+    assert!(matches!(
+        cache.get(&big).await.unwrap(),
+        Lookup::TooLarge { .. }
+    ));
+}
