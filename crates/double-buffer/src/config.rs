@@ -17,7 +17,7 @@ pub struct Config {
     /// buffer. Default 1 MiB; from 4 KiB to 1 GiB.
     pub buffer_size: usize,
     /// A segment file is sealed and a new one started once it holds this many bytes. Default
-    /// 64 MiB; at least 64 KiB. A single flush group larger than this still goes in one segment.
+    /// 64 MiB; at least 4 KiB. A single flush group larger than this still goes in one segment.
     pub segment_size: u64,
     /// The longest a record appended without a waiting caller stays in memory before the flusher
     /// writes it. A waiting caller ([`Ticket::wait`](crate::Ticket::wait)) does not wait for the
@@ -57,7 +57,7 @@ impl Default for Config {
 pub const MAX_SLICES: usize = 1024;
 const MIN_BUFFER: usize = 4 << 10;
 const MAX_BUFFER: usize = 1 << 30;
-const MIN_SEGMENT: u64 = 64 << 10;
+const MIN_SEGMENT: u64 = 4 << 10;
 
 impl Config {
     /// Checks every field; the error names the field and its value.
@@ -88,11 +88,7 @@ impl Config {
             );
         }
         if self.segment_size < MIN_SEGMENT {
-            return bad(
-                "segment_size",
-                &self.segment_size,
-                "must be at least 64 KiB",
-            );
+            return bad("segment_size", &self.segment_size, "must be at least 4 KiB");
         }
         if self.linger > Duration::from_secs(10) {
             return bad(

@@ -339,23 +339,29 @@ impl Replay {
         *lock(&self.engine.checkpoint) = Some(data);
         self.committed = position;
 
-        // Segments wholly before the checkpoint are replayed: delete them.
+        // Segments wholly before the checkpoint are replayed: delete them. The checkpoint is
+        // durable already, so a failure here is only logged: the next commit, or the next open,
+        // deletes what is left.
         let doomed: Vec<u64> = lock(&self.engine.segments)
             .entries
             .range(..position.segment)
             .map(|(&id, _)| id)
             .collect();
-        if !doomed.is_empty() {
-            for &id in &doomed {
-                let name = format::segment_name(id);
-                storage
-                    .remove(&name)
-                    .map_err(|e| Error::io("remove", storage.path_of(&name), e))?;
-                lock(&self.engine.segments).entries.remove(&id);
+        let mut removed = false;
+        for id in doomed {
+            let name = format::segment_name(id);
+            match storage.remove(&name) {
+                Ok(()) => {
+                    lock(&self.engine.segments).entries.remove(&id);
+                    removed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %storage.path_of(&name).display(), error = %e, "could not delete a replayed segment");
+                }
             }
-            storage
-                .sync_dir()
-                .map_err(|e| Error::io("fsync directory", &dir, e))?;
+        }
+        if removed && let Err(e) = storage.sync_dir() {
+            tracing::warn!(path = %dir.display(), error = %e, "could not sync the directory after deleting replayed segments");
         }
         Ok(())
     }

@@ -1,5 +1,8 @@
 //! Scenario tests of the spill log, each run on disk and in memory.
 
+mod crash_model;
+mod damage;
+mod faults;
 mod support;
 
 use std::collections::{BTreeMap, HashSet};

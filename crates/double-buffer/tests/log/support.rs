@@ -97,11 +97,45 @@ pub fn read_all(log: &SpillLog) -> Vec<(u64, usize, Vec<u8>)> {
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod mem {
-            $( #[test] fn $name() { super::$name(&super::support::Env::mem()) } )*
+            $( #[test] fn $name() { super::$name(&crate::support::Env::mem()) } )*
         }
         mod disk {
-            $( #[test] fn $name() { super::$name(&super::support::Env::disk()) } )*
+            $( #[test] fn $name() { super::$name(&crate::support::Env::disk()) } )*
         }
     };
 }
 pub(crate) use both;
+
+impl Env {
+    /// The bytes of a file (no log may be open on it).
+    pub fn read_file(&self, name: &str) -> Vec<u8> {
+        match self {
+            Env::Mem(m) => m.read(name).expect("file exists"),
+            Env::Disk(d) => std::fs::read(d.path().join(name)).expect("file exists"),
+        }
+    }
+
+    /// Replaces the bytes of a file.
+    pub fn write_file(&self, name: &str, bytes: Vec<u8>) {
+        match self {
+            Env::Mem(m) => m.overwrite(name, bytes),
+            Env::Disk(d) => std::fs::write(d.path().join(name), bytes).expect("write"),
+        }
+    }
+}
+
+impl Env {
+    /// Creates a file with the given bytes.
+    pub fn write_file_new(&self, name: &str, bytes: Vec<u8>) {
+        match self {
+            Env::Mem(m) => {
+                use double_buffer::Storage;
+                let f = m.create(name).expect("create");
+                f.write_all_at(&bytes, 0).expect("write");
+                f.sync_all().expect("sync");
+                m.sync_dir().expect("sync dir");
+            }
+            Env::Disk(d) => std::fs::write(d.path().join(name), bytes).expect("write"),
+        }
+    }
+}

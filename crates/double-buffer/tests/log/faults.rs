@@ -1,0 +1,149 @@
+//! I/O failures reach every waiting writer as typed errors; nothing unsynced is called durable.
+
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::thread;
+
+use double_buffer::{Config, Error, Fault, MemStorage, SpillLog, Storage};
+
+use crate::support::{parse, payload, small};
+
+fn open(mem: &MemStorage, config: Config) -> SpillLog {
+    SpillLog::open_with_storage(Arc::new(mem.clone()), config)
+        .unwrap()
+        .0
+}
+
+/// Eight writers waiting on their records while the fault strikes: each ticket is either
+/// durable before the fault or gets the fault's kind; every durable one survives a reopen.
+fn writers_see(fault: Fault, kind: ErrorKind, after: u64) {
+    let mem = MemStorage::new();
+    let log = open(&mem, small());
+    mem.inject(fault, after, kind);
+    let results: Vec<Vec<(u32, Result<u64, Error>)>> = thread::scope(|s| {
+        let hs: Vec<_> = (0..8u32)
+            .map(|w| {
+                let log = &log;
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for seq in 0..200 {
+                        match log.append(&payload(w, seq)) {
+                            Ok(t) => out.push((seq, t.wait().map(|id| id.get()))),
+                            Err(e) => {
+                                out.push((seq, Err(e)));
+                                break;
+                            }
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut durable = Vec::new();
+    let mut failed = 0;
+    for (w, list) in results.iter().enumerate() {
+        for (seq, r) in list {
+            match r {
+                Ok(id) => durable.push((*id, w as u32, *seq)),
+                Err(e) => {
+                    failed += 1;
+                    assert_eq!(e.io_kind(), Some(kind), "writer {w} got {e}");
+                }
+            }
+        }
+    }
+    assert!(
+        failed >= 8,
+        "every writer hears of the failure ({failed} errors)"
+    );
+    // The log refuses more work, saying why.
+    match log.append(b"more") {
+        Err(e @ Error::Failed { .. }) => assert_eq!(e.io_kind(), Some(kind)),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert!(log.stats().failed);
+    assert_eq!(log.close().unwrap_err().io_kind(), Some(kind));
+
+    // What was acknowledged survives, also a power loss right after the failure.
+    for image in [mem.process_crash(), mem.power_loss(0)] {
+        image.heal();
+        let (log, _) = SpillLog::open_with_storage(Arc::new(image), small()).unwrap();
+        let mut replay = log.replay().unwrap();
+        let mut found = std::collections::HashMap::new();
+        while let Some(r) = replay.next_record().unwrap() {
+            found.insert(r.id().get(), parse(r.payload()));
+        }
+        for (id, w, seq) in &durable {
+            assert_eq!(
+                found.get(id),
+                Some(&(*w, *seq)),
+                "acknowledged record {id} lost"
+            );
+        }
+        drop(replay);
+        log.close().unwrap();
+    }
+}
+
+#[test]
+fn disk_full_on_fsync_reaches_every_waiter() {
+    writers_see(Fault::Sync, ErrorKind::StorageFull, 20);
+}
+
+#[test]
+fn io_error_on_write_reaches_every_waiter() {
+    writers_see(Fault::Write, ErrorKind::Other, 30);
+}
+
+#[test]
+fn permission_denied_creating_a_segment_reaches_every_waiter() {
+    // small() rotates every 64 KiB: the second or third segment cannot be created.
+    writers_see(Fault::Create, ErrorKind::PermissionDenied, 2);
+}
+
+#[test]
+fn failed_fsync_is_never_reported_durable_nor_replayed_nor_deleted() {
+    let mem = MemStorage::new();
+    let log = open(
+        &mem,
+        Config {
+            flush_thread: false,
+            ..small()
+        },
+    );
+    let ok = log.append(b"synced").unwrap();
+    log.flush().unwrap();
+    mem.inject(Fault::Sync, 0, ErrorKind::Other);
+    let doomed = log.append(b"written, never synced").unwrap();
+    assert_eq!(log.flush().unwrap_err().io_kind(), Some(ErrorKind::Other));
+    assert!(ok.is_durable().unwrap());
+    assert!(doomed.is_durable().is_err());
+    assert!(doomed.wait().is_err());
+    mem.heal();
+    // The reader sees only what was synced, and a commit deletes nothing it has not passed.
+    let mut replay = log.replay().unwrap();
+    assert_eq!(replay.next_record().unwrap().unwrap().payload(), b"synced");
+    assert!(replay.next_record().unwrap().is_none());
+    replay.commit().unwrap();
+    drop(replay);
+    let segments = mem
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".seg"))
+        .count();
+    assert_eq!(segments, 1);
+    drop(log);
+}
+
+#[test]
+fn directory_sync_failure_fails_the_rotation() {
+    let mem = MemStorage::new();
+    mem.inject(Fault::SyncDir, 0, ErrorKind::Other);
+    let log = open(&mem, small());
+    let t = log.append(b"x").unwrap();
+    assert_eq!(t.wait().unwrap_err().io_kind(), Some(ErrorKind::Other));
+    drop(log);
+}
