@@ -11,6 +11,9 @@ mod config;
 mod detector;
 mod error;
 mod hotset;
+#[cfg(feature = "kafka")]
+mod kafka;
+mod report;
 mod rule;
 mod sketch;
 mod window;
@@ -23,6 +26,14 @@ pub use config::Config;
 pub use detector::{CooledKey, Detector, DetectorStats, Event, HotKey};
 pub use error::{Error, Result};
 pub use hotset::{HotKeySet, HotKeySetUpdater, HotKeySnapshot, SetChange};
+#[cfg(feature = "kafka")]
+pub use kafka::{
+    KafkaReporter, KafkaSource, ReporterConfig, ReporterStats, SourceConfig, SourceStats,
+    SourceStatsReader, TaskHandle,
+};
+#[cfg(feature = "kafka")]
+pub use rdkafka;
+pub use report::Report;
 pub use rule::{KeyPattern, MAX_THRESHOLD, Rule, parse_rules};
 #[cfg(feature = "zookeeper")]
 pub use zk::{

@@ -4,4 +4,5 @@
 mod workload;
 
 mod accuracy;
+mod kafka;
 mod zk;

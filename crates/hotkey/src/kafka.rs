@@ -1,0 +1,647 @@
+//! Distributed counting through a Kafka topic.
+//!
+//! Each application instance runs a [`KafkaReporter`]: `record(key)` adds
+//! to a local aggregate (a sharded map: a read of a key already seen in the
+//! interval allocates nothing), and every `interval` (100 ms) the aggregate
+//! is sent as [`Report`]s, one message per partition. A key always goes to
+//! the same partition (a fixed hash, identical on every instance), so
+//! several detectors in one consumer group split the keys between them and
+//! each still sees every read of its keys.
+//!
+//! The detector runs a [`KafkaSource`] that consumes the topic and feeds
+//! every entry to [`Detector::record_n`](crate::Detector::record_n), at the
+//! detector's clock. Reports older than `max_report_age` (by their interval
+//! end) are skipped, so a detector that restarts or lags does not turn a
+//! backlog into a burst.
+//!
+//! Delivery: a batch whose send fails is merged back into the aggregate
+//! and sent with the next interval, so a broker outage delays counts but
+//! loses none while the reporter runs. Counts are telemetry: a report may be
+//! counted twice after a consumer-group rebalance (over-counting only), and
+//! the counts of the last interval are lost if the instance dies.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::clock::{Clock, SystemClock};
+use crate::detector::Detector;
+use crate::error::{Error, Result};
+use crate::report::{Report, entry_size, header_size};
+
+const SHARDS: usize = 16;
+
+/// Reads per key since the last send.
+type Aggregate = HashMap<Box<[u8]>, u64>;
+/// Seed of the key → partition hash: fixed, so every instance agrees.
+const PARTITION_SEED: u64 = 0x686f_746b_6579;
+
+/// Configuration of a [`KafkaReporter`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReporterConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The topic of reports.
+    pub topic: String,
+    /// This instance's name, carried in every report.
+    pub instance: String,
+    /// How often aggregated counts are sent (default 100 ms).
+    pub interval: Duration,
+    /// Distinct keys aggregated before an early send is triggered.
+    pub max_keys: usize,
+    /// Upper bound of one message's size.
+    pub max_message_bytes: usize,
+    /// How long one send may wait for the broker before it counts as failed.
+    pub send_timeout: Duration,
+    /// Extra librdkafka producer settings.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Default for ReporterConfig {
+    fn default() -> Self {
+        ReporterConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "hotkey-reads".into(),
+            instance: "instance".into(),
+            interval: Duration::from_millis(100),
+            max_keys: 100_000,
+            max_message_bytes: 512 * 1024,
+            send_timeout: Duration::from_secs(5),
+            overrides: Vec::new(),
+        }
+    }
+}
+
+impl ReporterConfig {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        if self.brokers.is_empty() {
+            return Err(Error::config(
+                "brokers",
+                &self.brokers,
+                "must name at least one broker",
+            ));
+        }
+        if self.topic.is_empty() || self.topic.len() > 249 {
+            return Err(Error::config("topic", &self.topic, "must be 1..=249 bytes"));
+        }
+        if self.instance.is_empty() || self.instance.len() > 255 {
+            return Err(Error::config(
+                "instance",
+                &self.instance,
+                "must be 1..=255 bytes",
+            ));
+        }
+        if self.interval < Duration::from_millis(1) {
+            return Err(Error::config(
+                "interval",
+                self.interval,
+                "must be at least 1 ms",
+            ));
+        }
+        if self.max_keys == 0 {
+            return Err(Error::config(
+                "max_keys",
+                self.max_keys,
+                "must be at least 1",
+            ));
+        }
+        if !(1024..=64 << 20).contains(&self.max_message_bytes) {
+            return Err(Error::config(
+                "max_message_bytes",
+                self.max_message_bytes,
+                "must be in 1 KiB ..= 64 MiB",
+            ));
+        }
+        if self.send_timeout < Duration::from_millis(10) {
+            return Err(Error::config(
+                "send_timeout",
+                self.send_timeout,
+                "must be at least 10 ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn kafka_err<'a>(
+    op: &'static str,
+    topic: &'a str,
+) -> impl FnOnce(rdkafka::error::KafkaError) -> Error + 'a {
+    move |source| Error::Kafka {
+        op,
+        topic: topic.to_owned(),
+        source,
+    }
+}
+
+/// Counters of a [`KafkaReporter`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReporterStats {
+    /// Messages delivered.
+    pub messages: u64,
+    /// Entries delivered.
+    pub entries: u64,
+    /// Reads delivered.
+    pub reads: u64,
+    /// Sends that failed (their counts were kept for the next interval).
+    pub failed_sends: u64,
+}
+
+/// Aggregates an instance's reads and reports them to Kafka. See the module
+/// docs.
+pub struct KafkaReporter {
+    cfg: ReporterConfig,
+    producer: FutureProducer,
+    partitions: i32,
+    clock: Arc<dyn Clock>,
+    hasher: foldhash::fast::FixedState,
+    shards: Box<[Mutex<Aggregate>]>,
+    pending_keys: AtomicU64,
+    full: Notify,
+    messages: AtomicU64,
+    entries: AtomicU64,
+    reads: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl fmt::Debug for KafkaReporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaReporter")
+            .field("topic", &self.cfg.topic)
+            .field("instance", &self.cfg.instance)
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaReporter {
+    /// Creates the producer and reads the topic's partition count.
+    pub async fn new(cfg: ReporterConfig) -> Result<Arc<Self>> {
+        Self::with_clock(cfg, Arc::new(SystemClock)).await
+    }
+
+    /// [`new`](Self::new) with an injected clock (stamps the reports).
+    pub async fn with_clock(cfg: ReporterConfig, clock: Arc<dyn Clock>) -> Result<Arc<Self>> {
+        cfg.validate()?;
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("linger.ms", "5")
+            .set(
+                "message.timeout.ms",
+                cfg.send_timeout.as_millis().to_string(),
+            )
+            .set(
+                "message.max.bytes",
+                (cfg.max_message_bytes + 4096).to_string(),
+            );
+        for (k, v) in &cfg.overrides {
+            client.set(k, v);
+        }
+        let producer: FutureProducer = client
+            .create()
+            .map_err(kafka_err("create producer", &cfg.topic))?;
+        let (p, topic, timeout) = (producer.clone(), cfg.topic.clone(), cfg.send_timeout);
+        let partitions = tokio::task::spawn_blocking(move || {
+            let md = p
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(kafka_err("fetch metadata", &topic))?;
+            let n = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map_or(0, |t| t.partitions().len());
+            if n == 0 {
+                return Err(Error::config(
+                    "topic",
+                    &topic,
+                    "does not exist or has no partitions",
+                ));
+            }
+            Ok(n as i32)
+        })
+        .await
+        .map_err(|_| Error::Closed("metadata task"))??;
+        Ok(Arc::new(KafkaReporter {
+            cfg,
+            producer,
+            partitions,
+            clock,
+            hasher: foldhash::fast::FixedState::with_seed(PARTITION_SEED),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            pending_keys: AtomicU64::new(0),
+            full: Notify::new(),
+            messages: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }))
+    }
+
+    /// Number of partitions of the topic (read at creation).
+    #[must_use]
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// Records one read of `key`.
+    #[inline]
+    pub fn record(&self, key: &[u8]) {
+        self.record_n(key, 1);
+    }
+
+    /// Records `n` reads of `key`.
+    pub fn record_n(&self, key: &[u8], n: u64) {
+        if n == 0 {
+            return;
+        }
+        let h = self.hasher.hash_one(key);
+        let mut shard = self.shards[(h as usize) % SHARDS].lock();
+        if let Some(c) = shard.get_mut(key) {
+            *c = c.saturating_add(n);
+            return;
+        }
+        shard.insert(key.into(), n);
+        drop(shard);
+        if self.pending_keys.fetch_add(1, Ordering::Relaxed) + 1 == self.cfg.max_keys as u64 {
+            self.full.notify_one();
+        }
+    }
+
+    fn partition_of(&self, key: &[u8]) -> i32 {
+        (self.hasher.hash_one(key) >> 33) as i32 % self.partitions
+    }
+
+    /// Sends everything aggregated so far; returns the number of entries
+    /// sent. Entries of a failed send are merged back for the next call.
+    pub async fn flush(&self) -> Result<usize> {
+        let mut taken: Vec<(Box<[u8]>, u64)> = Vec::new();
+        for shard in self.shards.iter() {
+            taken.extend(std::mem::take(&mut *shard.lock()));
+        }
+        self.pending_keys.store(0, Ordering::Relaxed);
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        let now = self.clock.now_ms();
+        let mut by_partition: Vec<Vec<(Vec<u8>, u64)>> = vec![Vec::new(); self.partitions as usize];
+        for (k, n) in taken {
+            by_partition[self.partition_of(&k) as usize].push((k.into_vec(), n));
+        }
+        let budget = self.cfg.max_message_bytes - header_size(&self.cfg.instance);
+        let mut sends = Vec::new();
+        for (partition, entries) in by_partition.into_iter().enumerate() {
+            let mut batch = Vec::new();
+            let mut size = 0;
+            for (k, n) in entries {
+                let s = entry_size(k.len());
+                if !batch.is_empty() && size + s > budget {
+                    sends.push((partition as i32, std::mem::take(&mut batch)));
+                    size = 0;
+                }
+                size += s;
+                batch.push((k, n));
+            }
+            if !batch.is_empty() {
+                sends.push((partition as i32, batch));
+            }
+        }
+        let futures = sends.into_iter().map(|(partition, entries)| {
+            let report = Report {
+                instance: self.cfg.instance.clone(),
+                interval_end_ms: now,
+                entries,
+            };
+            async move {
+                let payload = report.encode();
+                let record = FutureRecord::<(), _>::to(&self.cfg.topic)
+                    .partition(partition)
+                    .payload(&payload);
+                let result = self.producer.send(record, self.cfg.send_timeout).await;
+                (report, result)
+            }
+        });
+        let mut sent = 0;
+        let mut first_error = None;
+        for (report, result) in futures::future::join_all(futures).await {
+            match result {
+                Ok(_) => {
+                    self.messages.fetch_add(1, Ordering::Relaxed);
+                    self.entries
+                        .fetch_add(report.entries.len() as u64, Ordering::Relaxed);
+                    self.reads.fetch_add(
+                        report.entries.iter().map(|(_, n)| n).sum::<u64>(),
+                        Ordering::Relaxed,
+                    );
+                    sent += report.entries.len();
+                }
+                Err((e, _)) => {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    for (k, n) in report.entries {
+                        self.record_n(&k, n);
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(Error::Kafka {
+                op: "produce",
+                topic: self.cfg.topic.clone(),
+                source: e,
+            }),
+            None => Ok(sent),
+        }
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> ReporterStats {
+        ReporterStats {
+            messages: self.messages.load(Ordering::Relaxed),
+            entries: self.entries.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+            failed_sends: self.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Spawns the task that flushes every `interval` (or early when
+    /// `max_keys` distinct keys are waiting). Aborted when the handle drops;
+    /// [`TaskHandle::shutdown`] flushes a last time.
+    pub fn spawn(self: &Arc<Self>) -> TaskHandle {
+        let this = Arc::clone(self);
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(this.cfg.interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let stop = tokio::select! {
+                    _ = every.tick() => false,
+                    _ = this.full.notified() => false,
+                    _ = stop_rx.changed() => true,
+                };
+                if let Err(e) = this.flush().await {
+                    warn!(error = %e, "sending read counts failed; kept for the next interval");
+                }
+                if stop {
+                    break;
+                }
+            }
+        });
+        TaskHandle {
+            stop: stop_tx,
+            task: Some(task),
+        }
+    }
+}
+
+/// A background task of this module; dropping it aborts the task.
+pub struct TaskHandle {
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for TaskHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle").finish_non_exhaustive()
+    }
+}
+
+impl TaskHandle {
+    /// Asks the task to finish its current step (a reporter flushes once
+    /// more) and waits for it.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TaskHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Configuration of a [`KafkaSource`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The topic of reports.
+    pub topic: String,
+    /// Consumer group of the detectors (they split the partitions).
+    pub group_id: String,
+    /// Reports whose interval ended longer ago than this (detector clock)
+    /// are skipped.
+    pub max_report_age: Duration,
+    /// Extra librdkafka consumer settings.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "hotkey-reads".into(),
+            group_id: "hotkey-detector".into(),
+            max_report_age: Duration::from_secs(2),
+            overrides: Vec::new(),
+        }
+    }
+}
+
+/// Counters of a [`KafkaSource`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SourceStats {
+    /// Reports counted.
+    pub reports: u64,
+    /// Reads fed to the detector.
+    pub reads: u64,
+    /// Reports skipped for age.
+    pub stale_reports: u64,
+    /// Messages that were not valid reports (skipped).
+    pub corrupt_messages: u64,
+}
+
+#[derive(Default)]
+struct SourceShared {
+    reports: AtomicU64,
+    reads: AtomicU64,
+    stale: AtomicU64,
+    corrupt: AtomicU64,
+}
+
+/// Feeds a [`Detector`] from the report topic. See the module docs.
+pub struct KafkaSource {
+    cfg: SourceConfig,
+    consumer: StreamConsumer,
+    detector: Arc<Detector>,
+    shared: Arc<SourceShared>,
+}
+
+impl fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSource {
+    /// Creates the consumer and subscribes to the topic.
+    pub fn new(cfg: SourceConfig, detector: Arc<Detector>) -> Result<Self> {
+        if cfg.brokers.is_empty() {
+            return Err(Error::config(
+                "brokers",
+                &cfg.brokers,
+                "must name at least one broker",
+            ));
+        }
+        if cfg.topic.is_empty() || cfg.group_id.is_empty() {
+            return Err(Error::config(
+                "topic/group_id",
+                (&cfg.topic, &cfg.group_id),
+                "must be non-empty",
+            ));
+        }
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", &cfg.group_id)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "true")
+            .set("fetch.wait.max.ms", "10");
+        for (k, v) in &cfg.overrides {
+            client.set(k, v);
+        }
+        let consumer: StreamConsumer = client
+            .create()
+            .map_err(kafka_err("create consumer", &cfg.topic))?;
+        consumer
+            .subscribe(&[&cfg.topic])
+            .map_err(kafka_err("subscribe", &cfg.topic))?;
+        Ok(KafkaSource {
+            cfg,
+            consumer,
+            detector,
+            shared: Arc::default(),
+        })
+    }
+
+    /// Counts one encoded report (what the consumer loop does per message).
+    pub fn handle_message(&self, payload: &[u8], what: &str) -> Result<()> {
+        let report = match Report::decode(payload, what) {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared.corrupt.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let now = self.detector.clock().now_ms();
+        if now.saturating_sub(report.interval_end_ms) > self.cfg.max_report_age.as_millis() as u64 {
+            self.shared.stale.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let mut reads = 0u64;
+        for (k, n) in &report.entries {
+            self.detector.record_at(k, *n, now);
+            reads = reads.saturating_add(*n);
+        }
+        self.shared.reports.fetch_add(1, Ordering::Relaxed);
+        self.shared.reads.fetch_add(reads, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> SourceStats {
+        source_stats(&self.shared)
+    }
+
+    /// Spawns the consumer loop; returns its handle and a way to read the
+    /// counters.
+    pub fn spawn(self) -> (TaskHandle, SourceStatsReader) {
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let reader = SourceStatsReader {
+            shared: Arc::clone(&self.shared),
+        };
+        let task = tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = self.consumer.recv() => m,
+                    _ = stop_rx.changed() => break,
+                };
+                match msg {
+                    Ok(m) => {
+                        let what = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
+                        if let Err(e) = self.handle_message(m.payload().unwrap_or_default(), &what)
+                        {
+                            warn!(error = %e, "skipping a message that is not a read report");
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        (
+            TaskHandle {
+                stop: stop_tx,
+                task: Some(task),
+            },
+            reader,
+        )
+    }
+}
+
+fn source_stats(s: &SourceShared) -> SourceStats {
+    SourceStats {
+        reports: s.reports.load(Ordering::Relaxed),
+        reads: s.reads.load(Ordering::Relaxed),
+        stale_reports: s.stale.load(Ordering::Relaxed),
+        corrupt_messages: s.corrupt.load(Ordering::Relaxed),
+    }
+}
+
+/// Reads the counters of a spawned [`KafkaSource`].
+#[derive(Clone)]
+pub struct SourceStatsReader {
+    shared: Arc<SourceShared>,
+}
+
+impl fmt::Debug for SourceStatsReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SourceStatsReader")
+            .field(&self.get())
+            .finish()
+    }
+}
+
+impl SourceStatsReader {
+    /// The counters now.
+    #[must_use]
+    pub fn get(&self) -> SourceStats {
+        source_stats(&self.shared)
+    }
+}

@@ -1,0 +1,206 @@
+//! Distributed counting through librdkafka's mock cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotkey::rdkafka::ClientConfig;
+use hotkey::rdkafka::mocking::MockCluster;
+use hotkey::rdkafka::producer::{FutureProducer, FutureRecord};
+use hotkey::{
+    Config, Detector, Event, KafkaReporter, KafkaSource, ManualClock, Report, ReporterConfig, Rule,
+    SourceConfig,
+};
+
+const START: u64 = 1_700_000_000_000;
+
+fn detector(clock: &ManualClock) -> Arc<Detector> {
+    let cfg = Config {
+        rules: vec![Rule::default()],
+        sketch_bytes: 1 << 16,
+        hash_seed: Some(5),
+        ..Config::default()
+    };
+    Arc::new(Detector::with_clock(cfg, Arc::new(clock.clone())).unwrap())
+}
+
+fn topic(test: &str) -> String {
+    format!("hotkey-{test}-{:08x}", rand::random::<u32>())
+}
+
+async fn reporter(
+    brokers: &str,
+    topic: &str,
+    instance: &str,
+    clock: &ManualClock,
+) -> Arc<KafkaReporter> {
+    let cfg = ReporterConfig {
+        brokers: brokers.into(),
+        topic: topic.into(),
+        instance: instance.into(),
+        send_timeout: Duration::from_millis(1500),
+        ..ReporterConfig::default()
+    };
+    KafkaReporter::with_clock(cfg, Arc::new(clock.clone()))
+        .await
+        .unwrap()
+}
+
+fn source(brokers: &str, topic: &str, detector: &Arc<Detector>) -> KafkaSource {
+    let cfg = SourceConfig {
+        brokers: brokers.into(),
+        topic: topic.into(),
+        ..SourceConfig::default()
+    };
+    KafkaSource::new(cfg, Arc::clone(detector)).unwrap()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn hot_keys(d: &Detector) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = d
+        .drain_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Hot(h) => Some(h.key),
+            Event::Cooled(_) => None,
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_hot_only_across_instances_is_detected() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = topic("across");
+    cluster.create_topic(&topic, 4, 1).unwrap();
+    let clock = ManualClock::new(START);
+    let detector = detector(&clock);
+    let (source_task, stats) = source(&brokers, &topic, &detector).spawn();
+
+    let mut instances = Vec::new();
+    for i in 0..3 {
+        let r = reporter(&brokers, &topic, &format!("web-{i}"), &clock).await;
+        assert_eq!(r.partitions(), 4);
+        // Each instance reads "shared" 400 times (1200 in all) and its own
+        // key 900 times: only "shared" passes 1000, and only in sum.
+        for _ in 0..400 {
+            r.record(b"shared");
+        }
+        r.record_n(format!("own-{i}").as_bytes(), 900);
+        instances.push((Arc::clone(&r), r.spawn()));
+    }
+    wait_until(
+        "all reads to reach the detector",
+        Duration::from_secs(15),
+        || stats.get().reads == 3 * 1300,
+    )
+    .await;
+    assert_eq!(hot_keys(&detector), vec![b"shared".to_vec()]);
+    let total: u64 = instances.iter().map(|(r, _)| r.stats().reads).sum();
+    assert_eq!(total, 3 * 1300);
+    for (_, task) in instances {
+        task.shutdown().await;
+    }
+    source_task.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_survive_a_broker_outage() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = topic("outage");
+    cluster.create_topic(&topic, 2, 1).unwrap();
+    let clock = ManualClock::new(START);
+    let detector = detector(&clock);
+    let r = reporter(&brokers, &topic, "web", &clock).await;
+
+    cluster.broker_down(1).unwrap();
+    r.record_n(b"k", 700);
+    let err = r.flush().await.unwrap_err().to_string();
+    assert!(err.contains("produce"), "{err}");
+    assert!(r.stats().failed_sends >= 1);
+    r.record_n(b"k", 301);
+    cluster.broker_up(1).unwrap();
+    // The failed batch was kept: the next flush carries all 1001 reads.
+    let mut sent = 0;
+    for _ in 0..20 {
+        match r.flush().await {
+            Ok(n) => {
+                sent += n;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    assert_eq!(sent, 1, "one entry: k");
+    assert_eq!(r.stats().reads, 1001);
+    let (task, stats) = source(&brokers, &topic, &detector).spawn();
+    wait_until("the reads to be counted", Duration::from_secs(15), || {
+        stats.get().reads == 1001
+    })
+    .await;
+    assert_eq!(hot_keys(&detector), vec![b"k".to_vec()]);
+    task.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_and_stale_messages_are_skipped() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = topic("corrupt");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    let clock = ManualClock::new(START);
+    let detector = detector(&clock);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let stale = Report {
+        instance: "old".into(),
+        interval_end_ms: START - 60_000,
+        entries: vec![(b"x".to_vec(), 5000)],
+    };
+    let fresh = Report {
+        instance: "new".into(),
+        interval_end_ms: START,
+        entries: vec![(b"y".to_vec(), 1001)],
+    };
+    for payload in [
+        b"garbage".to_vec(),
+        b"HK\x01\x05ab".to_vec(),
+        stale.encode(),
+        fresh.encode(),
+    ] {
+        producer
+            .send(
+                FutureRecord::<(), _>::to(&topic).payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+    let (task, stats) = source(&brokers, &topic, &detector).spawn();
+    wait_until("all four messages", Duration::from_secs(15), || {
+        let s = stats.get();
+        s.reports + s.stale_reports + s.corrupt_messages == 4
+    })
+    .await;
+    let s = stats.get();
+    assert_eq!(
+        (s.corrupt_messages, s.stale_reports, s.reports, s.reads),
+        (2, 1, 1, 1001)
+    );
+    assert_eq!(hot_keys(&detector), vec![b"y".to_vec()]);
+    task.shutdown().await;
+}
