@@ -15,6 +15,7 @@ mod hotset;
 mod kafka;
 mod report;
 mod rule;
+mod scan;
 mod sketch;
 mod window;
 #[cfg(feature = "zookeeper")]
@@ -35,6 +36,7 @@ pub use kafka::{
 pub use rdkafka;
 pub use report::Report;
 pub use rule::{KeyPattern, MAX_THRESHOLD, Rule, parse_rules};
+pub use scan::{Detection, ScanConfig, ScanSummary, catch_all, display_key, parse_line, scan};
 #[cfg(feature = "zookeeper")]
 pub use zk::{
     DigestCredentials, HotKeyWatch, KeyNodeData, PublisherHandle, PublisherStats, SyncOutcome,

@@ -5,4 +5,5 @@ mod workload;
 
 mod accuracy;
 mod kafka;
+mod scan;
 mod zk;

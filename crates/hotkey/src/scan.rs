@@ -1,0 +1,284 @@
+//! The offline scan behind the `hotkey-scan` binary: runs the detector over
+//! an access log on the log's own timestamps.
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clock::ManualClock;
+use crate::config::Config;
+use crate::detector::{Detector, Event};
+use crate::error::{Error, Result};
+use crate::rule::Rule;
+
+/// What to scan for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanConfig {
+    /// Rules tried in order (from `--rules`, then the catch-all from
+    /// `--threshold` / `--window-ms`).
+    pub rules: Vec<Rule>,
+    /// Exact windows per rule at most.
+    pub max_candidates: usize,
+}
+
+impl ScanConfig {
+    /// One catch-all rule: more than `threshold` reads within `window_ms`
+    /// (in 10 buckets when the window divides by 10, else fewer).
+    pub fn simple(threshold: u64, window_ms: u64) -> Result<Self> {
+        Ok(ScanConfig {
+            rules: vec![catch_all(threshold, window_ms)?],
+            max_candidates: 65_536,
+        })
+    }
+}
+
+/// The catch-all rule of `hotkey-scan`.
+pub fn catch_all(threshold: u64, window_ms: u64) -> Result<Rule> {
+    if window_ms == 0 {
+        return Err(Error::config("--window-ms", window_ms, "must be positive"));
+    }
+    let buckets = (1..=10u64)
+        .rev()
+        .find(|b| window_ms.is_multiple_of(*b))
+        .unwrap_or(1) as u32;
+    let rule = Rule {
+        name: "cli".into(),
+        window: Duration::from_millis(window_ms),
+        buckets,
+        threshold,
+        cooldown: Duration::from_millis(window_ms),
+        ..Rule::default()
+    };
+    rule.validate()
+        .map_err(|_| Error::config("--threshold", threshold, "must be in 1..=2^32"))?;
+    Ok(rule)
+}
+
+/// One detection, as printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Detection {
+    /// The key (UTF-8 as is; other keys with `%XX` escapes, see
+    /// [`display_key`]).
+    pub key: String,
+    /// Timestamp of the log line at which the key crossed its threshold.
+    pub detected_at_ms: u64,
+    /// Reads counted in the window at that moment.
+    pub count: u64,
+}
+
+/// The last line `hotkey-scan` prints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ScanSummary {
+    /// Lines read (blank lines included).
+    pub lines: u64,
+    /// Lines that were not `<unix-ms> <key>` (skipped).
+    pub malformed: u64,
+    /// Reads counted.
+    pub reads: u64,
+    /// Detections printed (a key that cools down and turns hot again counts twice).
+    pub detections: u64,
+    /// Distinct keys detected at least once.
+    pub hot_keys: u64,
+    /// Times a hot key cooled down.
+    pub cooled: u64,
+    /// Lines whose timestamp was earlier than one before (counted at the
+    /// latest time seen).
+    pub out_of_order: u64,
+    /// First and last timestamps seen.
+    pub first_ms: Option<u64>,
+    /// Last timestamp seen.
+    pub last_ms: Option<u64>,
+}
+
+/// How a key is printed: as is when it is UTF-8; otherwise `%` and every
+/// byte that is not printable ASCII are written `%XX`.
+#[must_use]
+pub fn display_key(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(s) => s.to_owned(),
+        Err(_) => {
+            let mut out = String::with_capacity(key.len() * 3);
+            for &b in key {
+                if b.is_ascii_graphic() && b != b'%' || b == b' ' {
+                    out.push(b as char);
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Parses `<unix-ms> <key>`: the key is everything after the first space
+/// (it may contain spaces), without the line ending.
+#[must_use]
+pub fn parse_line(line: &[u8]) -> Option<(u64, &[u8])> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let sp = line.iter().position(|&b| b == b' ')?;
+    let ts = std::str::from_utf8(&line[..sp]).ok()?;
+    if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((ts.parse().ok()?, &line[sp + 1..]))
+}
+
+/// Runs the detector over `input`, writing one JSON line per detection and
+/// the summary line to `out`; malformed lines are reported to `errors`
+/// (the first ten) and counted.
+pub fn scan(
+    cfg: &ScanConfig,
+    mut input: impl BufRead,
+    mut out: impl Write,
+    mut errors: impl Write,
+) -> Result<ScanSummary> {
+    let clock = ManualClock::new(0);
+    let config = Config {
+        rules: cfg.rules.clone(),
+        max_candidates: cfg.max_candidates,
+        hash_seed: Some(0x5ca7),
+        ..Config::default()
+    };
+    let detector = Detector::with_clock(config, Arc::new(clock.clone()))?;
+    let tick_ms = detector.tick_period().as_millis() as u64;
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| Error::Io { what, source }
+    };
+    let mut summary = ScanSummary::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut line = Vec::new();
+    let mut now = 0u64;
+    let mut next_tick = 0u64;
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line).map_err(io("input"))? == 0 {
+            break;
+        }
+        summary.lines += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let Some((ts, key)) = parse_line(&line) else {
+            summary.malformed += 1;
+            if summary.malformed <= 10 {
+                let shown = String::from_utf8_lossy(&line[..line.len().min(80)]);
+                writeln!(
+                    errors,
+                    "line {}: not `<unix-ms> <key>`: {:?}",
+                    summary.lines,
+                    shown.trim_end()
+                )
+                .map_err(io("stderr"))?;
+            }
+            continue;
+        };
+        summary.first_ms.get_or_insert(ts);
+        if ts < now {
+            summary.out_of_order += 1;
+        } else {
+            now = ts;
+        }
+        if now >= next_tick {
+            detector.tick_at(now);
+            next_tick = (now / tick_ms + 1) * tick_ms;
+        }
+        detector.record_at(key, 1, now);
+        summary.reads += 1;
+        while let Some(event) = detector.poll_event() {
+            match event {
+                Event::Hot(h) => {
+                    summary.detections += 1;
+                    seen.insert(h.key.clone());
+                    let d = Detection {
+                        key: display_key(&h.key),
+                        detected_at_ms: h.detected_at_ms,
+                        count: h.rate,
+                    };
+                    serde_json::to_writer(&mut out, &d).map_err(|e| Error::Io {
+                        what: "output".into(),
+                        source: e.into(),
+                    })?;
+                    out.write_all(b"\n").map_err(io("output"))?;
+                }
+                Event::Cooled(_) => summary.cooled += 1,
+            }
+        }
+    }
+    summary.last_ms = (summary.reads > 0).then_some(now);
+    summary.hot_keys = seen.len() as u64;
+    #[derive(Serialize)]
+    struct Line<'a> {
+        summary: &'a ScanSummary,
+    }
+    serde_json::to_writer(&mut out, &Line { summary: &summary }).map_err(|e| Error::Io {
+        what: "output".into(),
+        source: e.into(),
+    })?;
+    out.write_all(b"\n").map_err(io("output"))?;
+    out.flush().map_err(io("output"))?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_keys() {
+        assert_eq!(
+            parse_line(b"1700000000000 user:1\n"),
+            Some((1_700_000_000_000, &b"user:1"[..]))
+        );
+        assert_eq!(
+            parse_line(b"5 a key with spaces\r\n"),
+            Some((5, &b"a key with spaces"[..]))
+        );
+        assert_eq!(parse_line(b"5 \n"), Some((5, &b""[..])));
+        for bad in [
+            &b"abc key"[..],
+            b"-5 key",
+            b"5",
+            b" key",
+            b"99999999999999999999999 k",
+        ] {
+            assert_eq!(parse_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(display_key(b"plain"), "plain");
+        assert_eq!(display_key(b"a\xff%b"), "a%FF%25b");
+    }
+
+    #[test]
+    fn scans_a_small_log() {
+        let mut lines: Vec<(u64, &str)> = (0..5u64)
+            .flat_map(|i| [(1000 + i, "hot"), (1000 + i * 400, "cold")])
+            .collect();
+        lines.sort_by_key(|(t, _)| *t);
+        let mut log: String = lines.iter().map(|(t, k)| format!("{t} {k}\n")).collect();
+        log.push_str("garbage\n\n");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let s = scan(
+            &ScanConfig::simple(3, 1000).unwrap(),
+            log.as_bytes(),
+            &mut out,
+            &mut err,
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], r#"{"key":"hot","detected_at_ms":1003,"count":4}"#);
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[1].starts_with(
+                r#"{"summary":{"lines":12,"malformed":1,"reads":10,"detections":1,"hot_keys":1"#
+            ),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(s.malformed, 1);
+        assert!(String::from_utf8(err).unwrap().contains("line 11"));
+    }
+}
