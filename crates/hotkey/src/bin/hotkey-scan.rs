@@ -57,7 +57,7 @@ fn run() -> Result<(), String> {
             "--threshold" => threshold = parse(&value("--threshold")?, "--threshold")?,
             "--window-ms" => window_ms = parse(&value("--window-ms")?, "--window-ms")?,
             "--max-candidates" => {
-                max_candidates = parse(&value("--max-candidates")?, "--max-candidates")?
+                max_candidates = parse(&value("--max-candidates")?, "--max-candidates")?;
             }
             "--rules" => rules_file = Some(value("--rules")?),
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
