@@ -13,6 +13,8 @@ mod error;
 mod lease;
 mod model;
 mod registry;
+mod replication;
+mod server;
 
 pub use auth::Auth;
 pub use client::{ClientConfig, ClientStats, LocalRegistry, RegistryClient};
@@ -25,3 +27,4 @@ pub use model::{
     Millis, Port, Status, reconcile_hashcode,
 };
 pub use registry::{ChangeListener, EvictionReport, Registry, Renewal, Stats, effective_status};
+pub use server::{REPLICATION_HEADER, Server, ServerConfig, ServerCounters};

@@ -56,7 +56,7 @@ fn application(out: &mut String, app: &Application) {
     out.push_str("]}");
 }
 
-pub(super) fn instance(out: &mut String, info: &InstanceInfo, lease: &LeaseInfo) {
+pub(crate) fn instance(out: &mut String, info: &InstanceInfo, lease: &LeaseInfo) {
     out.push_str("{\"instanceId\":");
     string(out, &info.instance_id);
     field(out, "hostName", &info.host_name);
@@ -163,7 +163,7 @@ fn map<'a>(out: &mut String, entries: impl Iterator<Item = (&'a String, &'a Stri
 }
 
 /// Writes `s` as a JSON string literal.
-fn string(out: &mut String, s: &str) {
+pub(crate) fn string(out: &mut String, s: &str) {
     out.push('"');
     let mut start = 0;
     for (i, c) in s.char_indices() {

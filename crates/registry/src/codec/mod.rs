@@ -12,6 +12,7 @@ mod read;
 mod xml;
 
 pub use json::{application_json, applications_json, instance_json};
+pub(crate) use json::{instance as write_instance_json, string as write_json_string};
 pub use read::{applications_from_value, instance_from_value};
 pub use xml::{application_xml, applications_xml, instance_xml, xml_to_value};
 

@@ -1,0 +1,190 @@
+//! Three replicated nodes on loopback, including a restarted node catching up.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use registry::{Server, ServerConfig, Status};
+
+use crate::support::{cfg, eventually, http, register};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn node(port: u16, peers: &[u16], sync_retries: u32) -> Server {
+    let c = ServerConfig {
+        bind: format!("127.0.0.1:{port}").parse().unwrap(),
+        peers: peers
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}/eureka/v2"))
+            .collect(),
+        sync_retries,
+        sync_retry_wait: Duration::from_millis(200),
+        ..cfg()
+    };
+    Server::start(c).await.expect("node starts")
+}
+
+/// `(app/id → status)` of a node's full registry.
+fn view(s: &Server) -> BTreeMap<String, Status> {
+    s.registry()
+        .applications_live()
+        .applications
+        .iter()
+        .flat_map(|a| {
+            a.instances
+                .iter()
+                .map(|i| (format!("{}/{}", a.name, i.info.instance_id), i.info.status))
+        })
+        .collect()
+}
+
+async fn converge(nodes: &[&Server], want: &BTreeMap<String, Status>, what: &str) {
+    eventually(Duration::from_secs(15), what, || async {
+        nodes.iter().all(|n| view(n) == *want)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn three_nodes_converge_and_a_restarted_node_catches_up() {
+    let ports = [free_port(), free_port(), free_port()];
+    let peers = |i: usize| -> Vec<u16> {
+        ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| *p)
+            .collect()
+    };
+    let a = node(ports[0], &peers(0), 0).await;
+    let b = node(ports[1], &peers(1), 0).await;
+    let mut c = node(ports[2], &peers(2), 0).await;
+    let (ua, ub, uc) = (a.service_url(), b.service_url(), c.service_url());
+
+    // Writes land on different nodes; each is replicated once to the other two.
+    assert_eq!(register(&ua, "PAY", "p1").await.status(), 204);
+    assert_eq!(register(&ua, "PAY", "p2").await.status(), 204);
+    assert_eq!(register(&ub, "CART", "c1").await.status(), 204);
+    let want: BTreeMap<String, Status> = [
+        ("CART/c1", Status::Up),
+        ("PAY/p1", Status::Up),
+        ("PAY/p2", Status::Up),
+    ]
+    .map(|(k, v)| (k.into(), v))
+    .into();
+    converge(&[&a, &b, &c], &want, "registrations on every node").await;
+    let r = http()
+        .put(format!("{ub}/apps/PAY/p2/status?value=OUT_OF_SERVICE"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        http()
+            .delete(format!("{uc}/apps/CART/c1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http()
+            .put(format!("{uc}/apps/PAY/p1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let want: BTreeMap<String, Status> = [("PAY/p1", Status::Up), ("PAY/p2", Status::OutOfService)]
+        .map(|(k, v)| (k.into(), v))
+        .into();
+    converge(&[&a, &b, &c], &want, "override and cancel on every node").await;
+    let hashes: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|n| n.registry().applications().apps_hashcode.clone())
+        .collect();
+    assert!(
+        hashes.iter().all(|h| h == "OUT_OF_SERVICE_1_UP_1_"),
+        "{hashes:?}"
+    );
+
+    // Replicated requests are not replicated again: versions settle.
+    let versions = |n: &[&Server]| n.iter().map(|s| s.registry().version()).collect::<Vec<_>>();
+    let before = versions(&[&a, &b, &c]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        versions(&[&a, &b, &c]),
+        before,
+        "a replication loop keeps changing the registries"
+    );
+
+    // Node C goes down; changes happen meanwhile; C restarts, syncs from a peer, catches up.
+    c.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(register(&ua, "PAY", "p3").await.status(), 204);
+    assert_eq!(
+        http()
+            .delete(format!("{ub}/apps/PAY/p1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    c = node(ports[2], &peers(2), 3).await;
+    let want: BTreeMap<String, Status> = [("PAY/p2", Status::OutOfService), ("PAY/p3", Status::Up)]
+        .map(|(k, v)| (k.into(), v))
+        .into();
+    assert_eq!(
+        view(&c),
+        want,
+        "the restarted node synced the registry before serving"
+    );
+    assert_eq!(
+        c.registry()
+            .instance("PAY", "p2")
+            .unwrap()
+            .info
+            .overridden_status,
+        Status::OutOfService
+    );
+    // New writes reach the restarted node again.
+    assert_eq!(register(&ub, "PAY", "p4").await.status(), 204);
+    let mut want = want;
+    want.insert("PAY/p4".into(), Status::Up);
+    converge(&[&a, &b, &c], &want, "writes after the restart").await;
+
+    // Healing: B loses p3 without telling anyone; the next heartbeat to A is replicated,
+    // B answers 404, and A replicates a registration in its place.
+    b.registry()
+        .cancel("PAY", "p3", registry::Clock::now(&registry::SystemClock))
+        .unwrap();
+    assert!(b.registry().instance("PAY", "p3").is_none());
+    assert_eq!(
+        http()
+            .put(format!("{ua}/apps/PAY/p3"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    converge(
+        &[&a, &b, &c],
+        &want,
+        "a lost instance healed by heartbeat replication",
+    )
+    .await;
+    for n in [&a, &b, &c] {
+        assert!(n.replication_dropped().iter().all(|(_, d)| *d == 0));
+    }
+    for n in [a, b, c] {
+        n.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
