@@ -1,0 +1,2 @@
+//! Being written: see issue 4.
+fn main() {}

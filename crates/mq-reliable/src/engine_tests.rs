@@ -1,0 +1,746 @@
+//! The engine against a scripted in-memory broker and an in-memory spill
+//! log, on paused tokio time: every failure path without a real broker.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backoff::BackoffConfig;
+use crate::engine::{
+    ConnectFuture, Engine, EngineConfig, Link, LinkEvent, SendFuture, SendOutcome, Transport,
+};
+use crate::message::{Message, Receipt, SpillReason, record};
+use crate::spill::MemorySpill;
+use crate::state::PublisherState;
+
+/// What the fake broker does with each message it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Ack,
+    Hold,
+}
+
+/// The verdict the fake broker gave one copy of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pending,
+    Acked,
+    Returned,
+    Refused,
+}
+
+#[derive(Default)]
+struct BrokerState {
+    refuse_connects: bool,
+    mode: Option<Mode>,
+    /// Ids in wire order, every copy.
+    received: Vec<String>,
+    /// Held messages awaiting a verdict: (id, index into `copies`, sender).
+    held: Vec<(String, usize, oneshot::Sender<SendOutcome>)>,
+    /// Every copy received, in wire order, with the verdict it got.
+    copies: Vec<(String, Verdict)>,
+    /// Ids to nack (once each) instead of the mode's verdict.
+    nack_once: HashSet<String>,
+    /// Ids the broker cannot route: acked with their own return.
+    unroutable: HashSet<String>,
+    events: Option<mpsc::UnboundedSender<LinkEvent>>,
+    alive: Option<Arc<AtomicBool>>,
+    connects: u64,
+}
+
+#[derive(Clone, Default)]
+struct FakeBroker(Arc<Mutex<BrokerState>>);
+
+impl FakeBroker {
+    fn new(mode: Mode) -> FakeBroker {
+        let b = FakeBroker::default();
+        b.0.lock().unwrap().mode = Some(mode);
+        b
+    }
+    fn with<R>(&self, f: impl FnOnce(&mut BrokerState) -> R) -> R {
+        f(&mut self.0.lock().unwrap())
+    }
+    fn received(&self) -> Vec<String> {
+        self.with(|s| s.received.clone())
+    }
+    fn held_ids(&self) -> Vec<String> {
+        self.with(|s| s.held.iter().map(|(id, _, _)| id.clone()).collect())
+    }
+    /// Resolves the held message `id` with `outcome`.
+    fn resolve(&self, id: &str, outcome: SendOutcome) {
+        let tx = self.with(|s| {
+            let i = s
+                .held
+                .iter()
+                .position(|(h, _, _)| h == id)
+                .expect("message not held");
+            let (_, copy, tx) = s.held.remove(i);
+            if s.copies[copy].1 == Verdict::Pending {
+                s.copies[copy].1 = match &outcome {
+                    SendOutcome::Ack { .. } => Verdict::Acked,
+                    _ => Verdict::Refused,
+                };
+            }
+            tx
+        });
+        let _ = tx.send(outcome);
+    }
+    /// Marks the held `victim` as returned by the broker (its own ack and
+    /// the return itself are sent separately).
+    fn mark_returned(&self, victim: &str) {
+        self.with(|s| {
+            let (_, copy, _) = s.held.iter().find(|(h, _, _)| h == victim).unwrap();
+            let copy = *copy;
+            s.copies[copy].1 = Verdict::Returned;
+        });
+    }
+    fn ack_all(&self) {
+        for id in self.held_ids() {
+            self.resolve(&id, SendOutcome::Ack { returned: vec![] });
+        }
+    }
+    /// The verdict of the first copy of `id`.
+    fn first_verdict(&self, id: &str) -> Option<Verdict> {
+        self.with(|s| s.copies.iter().find(|(c, _)| c == id).map(|(_, v)| *v))
+    }
+    fn event(&self, ev: LinkEvent) {
+        self.with(|s| {
+            if let Some(tx) = &s.events {
+                let _ = tx.send(ev);
+            }
+        });
+    }
+    /// Kills the link: held verdicts fail, as lapin's do.
+    fn kill(&self) {
+        let held = self.with(|s| {
+            if let Some(a) = &s.alive {
+                a.store(false, Ordering::SeqCst);
+            }
+            std::mem::take(&mut s.held)
+        });
+        for (_, _, tx) in held {
+            let _ = tx.send(SendOutcome::Failed {
+                error: "connection reset".into(),
+            });
+        }
+        self.with(|s| {
+            if let Some(ev) = &s.events {
+                let _ = ev.send(LinkEvent::Lost("connection reset".into()));
+            }
+        });
+    }
+}
+
+impl Transport for FakeBroker {
+    fn connect(&self) -> ConnectFuture {
+        let b = self.clone();
+        Box::pin(async move {
+            b.with(|s| {
+                if s.refuse_connects {
+                    return Err("connection refused".to_string());
+                }
+                s.connects += 1;
+                let (tx, rx) = mpsc::unbounded_channel();
+                let alive = Arc::new(AtomicBool::new(true));
+                s.events = Some(tx);
+                s.alive = Some(Arc::clone(&alive));
+                Ok(Box::new(FakeLink {
+                    broker: b.clone(),
+                    events: rx,
+                    alive,
+                }) as Box<dyn Link>)
+            })
+        })
+    }
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+}
+
+struct FakeLink {
+    broker: FakeBroker,
+    events: mpsc::UnboundedReceiver<LinkEvent>,
+    alive: Arc<AtomicBool>,
+}
+
+impl Link for FakeLink {
+    fn send(&mut self, msg: &Message) -> SendFuture {
+        if !self.alive.load(Ordering::SeqCst) {
+            return Box::pin(async {
+                SendOutcome::Failed {
+                    error: "dead".into(),
+                }
+            });
+        }
+        let id = msg.id().to_string();
+        let (tx, rx) = oneshot::channel();
+        let immediate = self.broker.with(|s| {
+            s.received.push(id.clone());
+            let copy = s.copies.len();
+            if s.nack_once.remove(&id) {
+                s.copies.push((id, Verdict::Refused));
+                return Some(SendOutcome::Nack { returned: vec![] });
+            }
+            if s.unroutable.contains(&id) {
+                s.copies.push((id.clone(), Verdict::Returned));
+                return Some(SendOutcome::Ack {
+                    returned: vec![Arc::from(id.as_str())],
+                });
+            }
+            match s.mode.unwrap() {
+                Mode::Ack => {
+                    s.copies.push((id, Verdict::Acked));
+                    Some(SendOutcome::Ack { returned: vec![] })
+                }
+                Mode::Hold => {
+                    s.copies.push((id.clone(), Verdict::Pending));
+                    s.held.push((id, copy, tx));
+                    None
+                }
+            }
+        });
+        match immediate {
+            Some(o) => Box::pin(async move { o }),
+            None => Box::pin(async move {
+                rx.await.unwrap_or(SendOutcome::Failed {
+                    error: "verdict dropped".into(),
+                })
+            }),
+        }
+    }
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<LinkEvent>> {
+        self.events.poll_recv(cx)
+    }
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+    fn close(self: Box<Self>) {
+        self.alive.store(false, Ordering::SeqCst);
+    }
+}
+
+fn cfg(window: usize) -> EngineConfig {
+    EngineConfig {
+        window,
+        confirm_timeout: Duration::from_secs(2),
+        backoff: BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(400),
+        },
+        checkpoint_every: 3,
+        spill_window: 64,
+        max_payload: 1 << 20,
+    }
+}
+
+fn start(broker: &FakeBroker, spill: &MemorySpill, window: usize) -> Engine {
+    Engine::start(
+        cfg(window),
+        Arc::new(broker.clone()),
+        Arc::new(spill.clone()),
+        "publisher",
+    )
+    .unwrap()
+}
+
+fn msg(i: usize) -> Message {
+    Message::new(format!("m{i}"), format!("payload {i}"))
+}
+
+async fn wait_state(e: &Engine, want: PublisherState) {
+    let mut rx = e.state();
+    tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|s| *s == want))
+        .await
+        .unwrap_or_else(|_| panic!("state never became {want}, is {}", *e.state().borrow()))
+        .unwrap();
+}
+
+/// Lets the actor run (paused time auto-advances when everything idles).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn first_occurrences(ids: &[String]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    ids.iter()
+        .filter(|i| seen.insert((*i).clone()))
+        .cloned()
+        .collect()
+}
+
+fn spilled_ids(spill: &MemorySpill) -> Vec<String> {
+    spill
+        .pending()
+        .iter()
+        .map(|r| record::decode(r).unwrap().id().to_string())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn healthy_publishes_are_confirmed_in_order() {
+    let broker = FakeBroker::new(Mode::Ack);
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, 8);
+    wait_state(&e, PublisherState::Healthy).await;
+    for i in 0..50 {
+        assert_eq!(
+            e.submit(msg(i)).await.unwrap().await.unwrap(),
+            Receipt::Confirmed
+        );
+    }
+    let ids: Vec<_> = (0..50).map(|i| format!("m{i}")).collect();
+    assert_eq!(broker.received(), ids);
+    let st = e.stats();
+    assert_eq!((st.confirmed, st.spilled, st.replayed), (50, 0, 0));
+    e.flush().await.unwrap();
+    e.close().await;
+    assert_eq!(*e.state().borrow(), PublisherState::Closed);
+    assert!(matches!(
+        e.submit(msg(99)).await,
+        Err(crate::Error::Closed(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn broker_down_at_start_spills_then_replays_everything_in_order() {
+    let broker = FakeBroker::new(Mode::Ack);
+    broker.with(|s| s.refuse_connects = true);
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, 4);
+    for i in 0..20 {
+        let r = e.submit(msg(i)).await.unwrap().await.unwrap();
+        assert_eq!(r, Receipt::Spilled(SpillReason::Degraded));
+    }
+    assert_eq!(spilled_ids(&spill).len(), 20);
+    assert_eq!(*e.state().borrow(), PublisherState::Degraded);
+    broker.with(|s| s.refuse_connects = false);
+    wait_state(&e, PublisherState::Healthy).await;
+    e.flush().await.unwrap();
+    let ids: Vec<_> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(broker.received(), ids);
+    assert!(
+        spill.pending().is_empty(),
+        "replayed records are checkpointed"
+    );
+    assert!(spill.commits() >= 20 / 3, "checkpoints every 3 confirms");
+    assert_eq!(e.stats().replayed, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nack_spills_the_message_and_it_is_replayed_later() {
+    let broker = FakeBroker::new(Mode::Ack);
+    broker.with(|s| {
+        s.nack_once.insert("m3".into());
+    });
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, 8);
+    wait_state(&e, PublisherState::Healthy).await;
+    let mut receipts = Vec::new();
+    for i in 0..6 {
+        receipts.push(e.submit(msg(i)).await.unwrap().await.unwrap());
+    }
+    assert_eq!(receipts[3], Receipt::Spilled(SpillReason::Nacked));
+    assert!(receipts[..3].iter().all(|r| r.is_confirmed()));
+    wait_state(&e, PublisherState::Healthy).await;
+    e.flush().await.unwrap();
+    // The first retry is immediate, so m3 was replayed before m4 came.
+    assert_eq!(
+        broker.received(),
+        ["m0", "m1", "m2", "m3", "m3", "m4", "m5"].map(String::from)
+    );
+    assert_eq!(e.stats().nacked, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_return_riding_on_another_confirm_is_never_reported_confirmed() {
+    let broker = FakeBroker::new(Mode::Hold);
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, 8);
+    wait_state(&e, PublisherState::Healthy).await;
+    let mut pending = Vec::new();
+    for i in 0..4 {
+        pending.push(e.submit(msg(i)).await.unwrap());
+    }
+    settle().await;
+    assert_eq!(broker.held_ids().len(), 4);
+    // lapin attaches the return of m2 to whichever confirm completes first
+    // after it: here m3's (a later message), then m2's own plain ack.
+    broker.resolve(
+        "m3",
+        SendOutcome::Ack {
+            returned: vec![Arc::from("m2")],
+        },
+    );
+    broker.resolve("m2", SendOutcome::Ack { returned: vec![] });
+    // And the return of m0 rides on m1's ack, resolved in the same batch.
+    broker.resolve(
+        "m1",
+        SendOutcome::Ack {
+            returned: vec![Arc::from("m0")],
+        },
+    );
+    broker.resolve("m0", SendOutcome::Ack { returned: vec![] });
+    let receipts: Vec<_> = futures_util::future::join_all(pending).await;
+    let receipts: Vec<_> = receipts.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        receipts,
+        [
+            Receipt::Spilled(SpillReason::Returned),
+            Receipt::Confirmed,
+            Receipt::Spilled(SpillReason::Returned),
+            Receipt::Confirmed,
+        ]
+    );
+    assert_eq!(e.stats().returned, 2);
+    assert_eq!(spilled_ids(&spill), ["m0", "m2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_connection_spills_everything_in_flight_and_replays_it() {
+    let broker = FakeBroker::new(Mode::Hold);
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, 4);
+    wait_state(&e, PublisherState::Healthy).await;
+    let mut pending = Vec::new();
+    for i in 0..4 {
+        pending.push(e.submit(msg(i)).await.unwrap());
+    }
+    // The window is full: the fifth waits for room.
+    let e2 = e.clone();
+    let fifth = tokio::spawn(async move { e2.submit(msg(4)).await.unwrap().await });
+    settle().await;
+    assert_eq!(
+        broker.held_ids().len(),
+        4,
+        "never more than the window in flight"
+    );
+    broker.with(|s| s.mode = Some(Mode::Ack));
+    broker.kill();
+    for p in pending {
+        assert_eq!(
+            p.await.unwrap(),
+            Receipt::Spilled(SpillReason::ConnectionLost)
+        );
+    }
+    assert_eq!(
+        fifth.await.unwrap().unwrap(),
+        Receipt::Spilled(SpillReason::Degraded)
+    );
+    // Reconnect, replay.
+    wait_state(&e, PublisherState::Healthy).await;
+    e.flush().await.unwrap();
+    let got = broker.received();
+    assert_eq!(
+        first_occurrences(&got),
+        (0..5).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    // Duplicates: at most the window.
+    assert!(got.len() - 5 <= 4, "{got:?}");
+    assert_eq!(broker.with(|s| s.connects), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_confirm_timeout_spills_and_reconnects() {
+    let broker = FakeBroker::new(Mode::Hold);
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, 4);
+    wait_state(&e, PublisherState::Healthy).await;
+    let p = e.submit(msg(0)).await.unwrap();
+    broker.with(|s| s.refuse_connects = true);
+    // Nobody answers; paused time jumps to the deadline.
+    assert_eq!(
+        p.await.unwrap(),
+        Receipt::Spilled(SpillReason::ConfirmTimeout)
+    );
+    assert_eq!(e.stats().confirm_timeouts, 1);
+    broker.with(|s| {
+        s.mode = Some(Mode::Ack);
+        s.refuse_connects = false;
+    });
+    wait_state(&e, PublisherState::Healthy).await;
+    e.flush().await.unwrap();
+    assert_eq!(broker.received(), ["m0", "m0"]);
+    assert_eq!(broker.with(|s| s.connects), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn blocked_connection_spills_until_unblocked() {
+    let broker = FakeBroker::new(Mode::Hold);
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, 4);
+    wait_state(&e, PublisherState::Healthy).await;
+    let p = e.submit(msg(0)).await.unwrap();
+    settle().await;
+    broker.event(LinkEvent::Blocked("low on disk".into()));
+    assert_eq!(p.await.unwrap(), Receipt::Spilled(SpillReason::Blocked));
+    let r = e.submit(msg(1)).await.unwrap().await.unwrap();
+    assert_eq!(r, Receipt::Spilled(SpillReason::Degraded));
+    // No replay while blocked, however long.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(*e.state().borrow(), PublisherState::Degraded);
+    assert_eq!(broker.received(), ["m0"]);
+    broker.with(|s| s.mode = Some(Mode::Ack));
+    broker.event(LinkEvent::Unblocked);
+    wait_state(&e, PublisherState::Healthy).await;
+    e.flush().await.unwrap();
+    assert_eq!(broker.received(), ["m0", "m0", "m1"]);
+    assert_eq!(broker.with(|s| s.connects), 1, "the connection was kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_during_recovery_queue_behind_the_backlog() {
+    let broker = FakeBroker::new(Mode::Hold);
+    broker.with(|s| s.refuse_connects = true);
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, 2);
+    for i in 0..6 {
+        let _ = e.submit(msg(i)).await.unwrap().await.unwrap();
+    }
+    broker.with(|s| s.refuse_connects = false);
+    wait_state(&e, PublisherState::Recovering).await;
+    // New messages while the replay is held up.
+    let mut late = Vec::new();
+    for i in 6..10 {
+        late.push(e.submit(msg(i)).await.unwrap());
+    }
+    for r in futures_util::future::join_all(late).await {
+        assert_eq!(r.unwrap(), Receipt::Spilled(SpillReason::Degraded));
+    }
+    // Release the replay one message at a time.
+    while *e.state().borrow() != PublisherState::Healthy {
+        settle().await;
+        for id in broker.held_ids() {
+            broker.resolve(&id, SendOutcome::Ack { returned: vec![] });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        broker.received(),
+        (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    let p = e.submit(msg(10)).await.unwrap();
+    settle().await;
+    broker.ack_all();
+    assert_eq!(p.await.unwrap(), Receipt::Confirmed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_spill_is_an_error_not_an_acknowledgement() {
+    let broker = FakeBroker::new(Mode::Ack);
+    broker.with(|s| s.refuse_connects = true);
+    let spill = MemorySpill::new();
+    spill.set_fail_appends(true);
+    let e = start(&broker, &spill, 2);
+    let err = e.submit(msg(0)).await.unwrap().await.unwrap_err();
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert_eq!(e.stats().spilled, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_during_replay_keeps_the_rest_of_the_log() {
+    let broker = FakeBroker::new(Mode::Hold);
+    broker.with(|s| s.refuse_connects = true);
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, 3);
+    for i in 0..9 {
+        let _ = e.submit(msg(i)).await.unwrap().await.unwrap();
+    }
+    broker.with(|s| s.refuse_connects = false);
+    wait_state(&e, PublisherState::Recovering).await;
+    settle().await;
+    // First three replayed: ack m0 and m2, nack m1.
+    assert_eq!(broker.held_ids(), ["m0", "m1", "m2"]);
+    broker.resolve("m0", SendOutcome::Ack { returned: vec![] });
+    broker.resolve("m2", SendOutcome::Ack { returned: vec![] });
+    broker.resolve("m1", SendOutcome::Nack { returned: vec![] });
+    wait_state(&e, PublisherState::Degraded).await;
+    // m0 is checkpointed, m1 and everything after stay.
+    assert_eq!(spilled_ids(&spill)[0], "m1");
+    broker.with(|s| s.mode = Some(Mode::Ack));
+    broker.ack_all();
+    wait_state(&e, PublisherState::Healthy).await;
+    e.flush().await.unwrap();
+    assert!(spill.pending().is_empty());
+    let got = broker.received();
+    assert_eq!(
+        first_occurrences(&got),
+        (0..9).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unroutable_record_moves_to_the_tail_and_does_not_block_the_rest() {
+    let broker = FakeBroker::new(Mode::Ack);
+    broker.with(|s| {
+        s.refuse_connects = true;
+        s.unroutable.insert("m1".into());
+    });
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, 4);
+    for i in 0..6 {
+        let _ = e.submit(msg(i)).await.unwrap().await.unwrap();
+    }
+    broker.with(|s| s.refuse_connects = false);
+    // Everything but m1 gets through; m1 waits at the end of the log.
+    while spilled_ids(&spill) != ["m1"] {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = broker.received();
+    for i in [0, 2, 3, 4, 5] {
+        assert!(got.contains(&format!("m{i}")), "m{i} missing from {got:?}");
+    }
+    assert!(e.stats().returned >= 1);
+    assert_ne!(*e.state().borrow(), PublisherState::Healthy);
+    // The topology is fixed: m1 is delivered at the next attempt.
+    broker.with(|s| s.unroutable.clear());
+    e.flush().await.unwrap();
+    assert!(spill.pending().is_empty());
+    assert_eq!(broker.first_verdict("m1"), Some(Verdict::Returned));
+    assert_eq!(broker.received().last().map(String::as_str), Some("m1"));
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Publish(usize),
+        AckOldest,
+        AckNewest,
+        NackOldest,
+        ReturnVia,
+        Kill,
+        RefuseConnects(bool),
+        Block,
+        Unblock,
+        Sleep(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1usize..4).prop_map(Op::Publish),
+            3 => Just(Op::AckOldest),
+            2 => Just(Op::AckNewest),
+            1 => Just(Op::NackOldest),
+            1 => Just(Op::ReturnVia),
+            1 => Just(Op::Kill),
+            1 => any::<bool>().prop_map(Op::RefuseConnects),
+            1 => Just(Op::Block),
+            1 => Just(Op::Unblock),
+            2 => (1u64..3000).prop_map(Op::Sleep),
+        ]
+    }
+
+    proptest! {
+        // 64 cases by default; PROPTEST_CASES=N digs deeper.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+            ..ProptestConfig::default()
+        })]
+
+        /// Whatever the broker does: every message gets exactly one receipt;
+        /// "confirmed" only if the broker acked that very copy without a
+        /// return; and once the broker behaves, every acknowledged message
+        /// reaches it, first copies in publish order except for messages
+        /// that failed individually.
+        #[test]
+        fn nothing_acknowledged_is_lost(ops in proptest::collection::vec(op(), 1..60)) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(scenario(ops));
+        }
+    }
+
+    async fn scenario(ops: Vec<Op>) {
+        let broker = FakeBroker::new(Mode::Hold);
+        let spill = MemorySpill::new();
+        let e = start(&broker, &spill, 4);
+        let mut next = 0usize;
+        let mut receipts: HashMap<String, tokio::task::JoinHandle<crate::Result<Receipt>>> =
+            HashMap::new();
+        for op in ops {
+            match op {
+                Op::Publish(n) => {
+                    for _ in 0..n {
+                        let id = format!("m{next}");
+                        next += 1;
+                        let e2 = e.clone();
+                        let m = Message::new(id.clone(), "x");
+                        receipts.insert(id, tokio::spawn(async move { e2.submit(m).await?.await }));
+                    }
+                }
+                Op::AckOldest | Op::AckNewest | Op::NackOldest | Op::ReturnVia => {
+                    let held = broker.held_ids();
+                    let pick = match op {
+                        Op::AckNewest => held.last(),
+                        _ => held.first(),
+                    };
+                    if let Some(id) = pick.cloned() {
+                        match op {
+                            Op::NackOldest => {
+                                broker.resolve(&id, SendOutcome::Nack { returned: vec![] });
+                            }
+                            Op::ReturnVia if held.len() >= 2 => {
+                                // The newest held message is returned; its
+                                // return rides on the oldest one's ack.
+                                let victim = held.last().unwrap().clone();
+                                broker.mark_returned(&victim);
+                                broker.resolve(
+                                    &id,
+                                    SendOutcome::Ack {
+                                        returned: vec![Arc::from(victim.as_str())],
+                                    },
+                                );
+                                broker.resolve(&victim, SendOutcome::Ack { returned: vec![] });
+                            }
+                            _ => broker.resolve(&id, SendOutcome::Ack { returned: vec![] }),
+                        }
+                    }
+                }
+                Op::Kill => broker.kill(),
+                Op::RefuseConnects(b) => broker.with(|s| s.refuse_connects = b),
+                Op::Block => broker.event(LinkEvent::Blocked("alarm".into())),
+                Op::Unblock => broker.event(LinkEvent::Unblocked),
+                Op::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            }
+            settle().await;
+        }
+        // The broker behaves from now on.
+        broker.with(|s| {
+            s.refuse_connects = false;
+            s.mode = Some(Mode::Ack);
+        });
+        broker.event(LinkEvent::Unblocked);
+        broker.ack_all();
+        e.flush().await.unwrap();
+        let received: HashSet<String> = broker.received().into_iter().collect();
+        for (id, h) in receipts {
+            let r = h.await.unwrap().unwrap();
+            if r == Receipt::Confirmed {
+                assert_eq!(
+                    broker.first_verdict(&id),
+                    Some(Verdict::Acked),
+                    "{id} reported confirmed"
+                );
+            }
+            assert!(
+                received.contains(&id),
+                "{id} was acknowledged ({r:?}) but never reached the broker"
+            );
+        }
+        assert!(
+            spill.pending().is_empty(),
+            "the log drains once the broker behaves"
+        );
+    }
+}

@@ -1,0 +1,386 @@
+//! `ReliablePublisher`: confirmed, persistent, mandatory publishing to
+//! RabbitMQ, spilling to the local log whenever the broker does not confirm.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use lapin::message::BasicReturnMessage;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Event};
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::backoff::BackoffConfig;
+use crate::engine::{
+    ConnectFuture, Engine, EngineConfig, Link, LinkEvent, PendingReceipt, SendFuture, SendOutcome,
+    Transport,
+};
+use crate::error::{Result, invalid};
+use crate::message::{Message, Receipt};
+use crate::rabbit::{check_heartbeat, connect, declare, parse_url, short};
+use crate::spill::{DiskSpill, SpillConfig};
+use crate::state::{PublisherState, Stats};
+use crate::topology::Topology;
+
+/// Configuration of a [`ReliablePublisher`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublisherConfig {
+    /// `amqp://user:pass@host:port/vhost`.
+    pub url: String,
+    /// Where messages go and what is declared at each (re)connect.
+    pub topology: Topology,
+    /// Most messages published and not yet confirmed (the in-flight
+    /// window). Bounds memory, and the number of duplicates a failure can
+    /// cause. Default 1024.
+    pub window: usize,
+    /// A message not confirmed within this time is spilled and the
+    /// connection is dropped and re-established. Default 10 s.
+    pub confirm_timeout: Duration,
+    /// Limit for the TCP connect plus AMQP handshake. Default 5 s.
+    pub connect_timeout: Duration,
+    /// AMQP heartbeat (unless the URL sets one): detects a dead peer while
+    /// idle. Default 10 s.
+    pub heartbeat: Duration,
+    /// Delay between reconnect and replay attempts.
+    pub backoff: BackoffConfig,
+    /// Persist the replay checkpoint after this many replayed confirms (and
+    /// at the end of a replay). After a crash mid-replay, at most this many
+    /// (plus the window) records are published again. Default 1024.
+    pub checkpoint_every: usize,
+    /// Most spill appends awaiting their fsync at once while degraded
+    /// (intake waits beyond). Default 8192.
+    pub spill_window: usize,
+    /// Largest payload accepted. Default 512 KiB (and never more than the
+    /// spill log's record limit allows).
+    pub max_payload: usize,
+    /// The spill log.
+    pub spill: SpillConfig,
+    /// Shown in the broker's connection list.
+    pub connection_name: String,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        PublisherConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            topology: Topology::default(),
+            window: 1024,
+            confirm_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(10),
+            backoff: BackoffConfig::default(),
+            checkpoint_every: 1024,
+            spill_window: 8192,
+            max_payload: 512 << 10,
+            spill: SpillConfig::default(),
+            connection_name: "mq-reliable publisher".into(),
+        }
+    }
+}
+
+impl PublisherConfig {
+    /// A configuration for `url`, `topology` and a spill log in `spill_dir`,
+    /// with defaults for the rest.
+    pub fn new(
+        url: impl Into<String>,
+        topology: Topology,
+        spill_dir: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        PublisherConfig {
+            url: url.into(),
+            topology,
+            spill: SpillConfig::new(spill_dir),
+            ..PublisherConfig::default()
+        }
+    }
+
+    /// Checks every field; the error names the field and its value.
+    pub fn validate(&self) -> Result<()> {
+        parse_url(&self.url, self.heartbeat)?;
+        self.topology.validate()?;
+        self.spill.validate()?;
+        check_heartbeat("heartbeat", self.heartbeat)?;
+        if self.connect_timeout < Duration::from_millis(10) {
+            return Err(invalid(
+                "connect_timeout",
+                self.connect_timeout,
+                "must be at least 10 ms",
+            ));
+        }
+        if self.max_payload > self.max_payload_limit() {
+            return Err(invalid(
+                "max_payload",
+                self.max_payload,
+                "exceeds what one spill record holds (spill.log.buffer_size minus headers)",
+            ));
+        }
+        self.engine().validate()
+    }
+
+    /// Payload bytes one spill record can carry next to the id and key.
+    fn max_payload_limit(&self) -> usize {
+        self.spill
+            .max_record_len()
+            .saturating_sub(4 + 2 * crate::MAX_ID_LEN)
+    }
+
+    fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            window: self.window,
+            confirm_timeout: self.confirm_timeout,
+            backoff: self.backoff.clone(),
+            checkpoint_every: self.checkpoint_every,
+            spill_window: self.spill_window,
+            max_payload: self.max_payload,
+        }
+    }
+}
+
+/// A RabbitMQ publisher that never loses a message it acknowledged.
+///
+/// Every message is published persistent (delivery mode 2), `mandatory`,
+/// with its id as `message_id`, on a channel in confirm mode, to a durable
+/// topology declared at every (re)connect. Confirms are tracked
+/// asynchronously for up to [`PublisherConfig::window`] messages at once.
+/// [`publish`](Self::publish) resolves only when the broker confirmed the
+/// message **or** it was durably appended to the local spill log; the
+/// [`Receipt`] says which. See the crate docs for the exact guarantees.
+///
+/// Cloning is cheap; all clones share one connection and one spill log.
+/// Must be created inside a tokio runtime.
+#[derive(Debug, Clone)]
+pub struct ReliablePublisher {
+    engine: Engine,
+}
+
+impl ReliablePublisher {
+    /// Opens the spill log (recovering it after a crash) and starts
+    /// publishing. Connecting happens in the background: until the broker
+    /// answers, messages are spilled, and whatever the log holds is replayed
+    /// first. Fails only on a bad configuration or an unusable spill
+    /// directory.
+    pub fn start(cfg: PublisherConfig) -> Result<ReliablePublisher> {
+        cfg.validate()?;
+        let spill = DiskSpill::open(&cfg.spill)?;
+        let engine_cfg = cfg.engine();
+        let transport = AmqpTransport {
+            uri: parse_url(&cfg.url, cfg.heartbeat)?,
+            topology: cfg.topology,
+            connect_timeout: cfg.connect_timeout,
+            name: cfg.connection_name,
+        };
+        let engine = Engine::start(
+            engine_cfg,
+            Arc::new(transport),
+            Arc::new(spill),
+            "publisher",
+        )?;
+        Ok(ReliablePublisher { engine })
+    }
+
+    /// Publishes `msg` and waits until the broker confirmed it or it was
+    /// durably spilled. An `Err` means it was not acknowledged at all (bad
+    /// input, spill log failure, closed publisher).
+    pub async fn publish(&self, msg: Message) -> Result<Receipt> {
+        self.submit(msg).await?.await
+    }
+
+    /// Hands `msg` to the publisher, waiting only for room in the window;
+    /// the returned future resolves like [`publish`](Self::publish). Lets
+    /// one task keep many messages in flight, in order.
+    pub async fn submit(&self, msg: Message) -> Result<PendingReceipt> {
+        self.engine.submit(msg).await
+    }
+
+    /// Waits until every message submitted before is confirmed by the
+    /// broker — spilled ones included, after their replay — and the spill
+    /// log is empty. Waits as long as the broker is away.
+    pub async fn flush(&self) -> Result<()> {
+        self.engine.flush().await
+    }
+
+    /// The current state, as a watch: `borrow()` it, or `changed()` /
+    /// `wait_for` a transition.
+    pub fn state(&self) -> watch::Receiver<PublisherState> {
+        self.engine.state()
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        self.engine.stats()
+    }
+
+    /// Stops accepting messages, waits for the verdicts of those in flight
+    /// (spilling any that fail or time out), persists the replay checkpoint
+    /// and closes the connection. Messages still queued behind are refused
+    /// with [`Error::Closed`](crate::Error::Closed).
+    pub async fn close(&self) {
+        self.engine.close().await;
+    }
+}
+
+struct AmqpTransport {
+    uri: lapin::uri::AMQPUri,
+    topology: Topology,
+    connect_timeout: Duration,
+    name: String,
+}
+
+impl Transport for AmqpTransport {
+    fn connect(&self) -> ConnectFuture {
+        let uri = self.uri.clone();
+        let topology = self.topology.clone();
+        let timeout = self.connect_timeout;
+        let name = self.name.clone();
+        Box::pin(async move {
+            let open = async {
+                let conn = connect(uri, &name, timeout).await?;
+                let events: Pin<Box<dyn Stream<Item = Event> + Send>> =
+                    Box::pin(conn.events_listener());
+                let channel = conn.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                declare(&channel, &topology).await?;
+                Ok::<_, crate::Error>((conn, channel, events))
+            };
+            // Declaring can hang on a blackholed link too.
+            let (conn, channel, events) = tokio::time::timeout(timeout * 2, open)
+                .await
+                .map_err(|_| {
+                    format!(
+                        "connect and declare did not finish within {:?}",
+                        timeout * 2
+                    )
+                })?
+                .map_err(|e| e.to_string())?;
+            Ok(Box::new(AmqpLink {
+                exchange: short(&topology.exchange),
+                routing_key: short(&topology.routing_key),
+                conn: Some(conn),
+                channel,
+                events,
+            }) as Box<dyn Link>)
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+}
+
+struct AmqpLink {
+    conn: Option<Connection>,
+    channel: Channel,
+    events: Pin<Box<dyn Stream<Item = Event> + Send>>,
+    exchange: ShortString,
+    routing_key: ShortString,
+}
+
+impl Link for AmqpLink {
+    fn send(&mut self, msg: &Message) -> SendFuture {
+        let channel = self.channel.clone();
+        let exchange = self.exchange.clone();
+        let routing_key = msg
+            .routing_key()
+            .map_or_else(|| self.routing_key.clone(), short);
+        let payload = msg.payload().clone();
+        let props = BasicProperties::default()
+            .with_message_id(short(msg.id()))
+            .with_delivery_mode(2);
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        Box::pin(async move {
+            let confirm = match channel
+                .basic_publish(exchange, routing_key, options, &payload, props)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    return SendOutcome::Failed {
+                        error: e.to_string(),
+                    };
+                }
+            };
+            match confirm.await {
+                Ok(Confirmation::Ack(ret)) => SendOutcome::Ack {
+                    returned: returned_ids(ret),
+                },
+                Ok(Confirmation::Nack(ret)) => SendOutcome::Nack {
+                    returned: returned_ids(ret),
+                },
+                Ok(Confirmation::NotRequested) => SendOutcome::Failed {
+                    error: "the channel is not in confirm mode".into(),
+                },
+                Err(e) => SendOutcome::Failed {
+                    error: e.to_string(),
+                },
+            }
+        })
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<LinkEvent>> {
+        loop {
+            let ev = match self.events.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(ev)) => ev,
+            };
+            let mapped = match ev {
+                Event::ConnectionBlocked(reason) => LinkEvent::Blocked(reason),
+                Event::ConnectionUnblocked => LinkEvent::Unblocked,
+                // channel.flow is the older way to pause publishers.
+                Event::SendFlow(false) => LinkEvent::Blocked("channel.flow paused".into()),
+                Event::SendFlow(true) => LinkEvent::Unblocked,
+                Event::Error(e) => LinkEvent::Lost(e.to_string()),
+                other => {
+                    debug!(event = ?other, "connection event");
+                    continue;
+                }
+            };
+            return Poll::Ready(Some(mapped));
+        }
+    }
+
+    fn is_alive(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.status().connected())
+            && self.channel.status().connected()
+    }
+
+    fn close(mut self: Box<Self>) {
+        if let Some(conn) = self.conn.take() {
+            // Never wait on a broker that may be blackholed.
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), conn.close(200, "closing".into()))
+                        .await;
+            });
+        }
+    }
+}
+
+/// The message ids of returned messages. A return without an id cannot be
+/// ours (every message this crate publishes has one).
+fn returned_ids(ret: Option<BasicReturnMessage>) -> Vec<Arc<str>> {
+    ret.and_then(|r| {
+        tracing::warn!(
+            reply_code = r.reply_code,
+            reply_text = %r.reply_text,
+            routing_key = %r.delivery.routing_key,
+            "broker returned an unroutable message"
+        );
+        r.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| Arc::from(id.as_str()))
+    })
+    .into_iter()
+    .collect()
+}

@@ -1,0 +1,492 @@
+//! The prefetch tuner: RabbitMQ's "benchmark it yourself" as a tool.
+//!
+//! For each prefetch value it fills a fresh durable queue with persistent
+//! messages, consumes them with a [`ReliableConsumer`] whose handler takes
+//! a configurable time, and records the throughput and the peak number of
+//! unacknowledged messages. The recommendation is the smallest prefetch
+//! within a tolerance of the best throughput: beyond it, a larger prefetch
+//! only buys memory held in the consumer and messages stuck behind a slow
+//! one.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+
+use crate::error::{Error, Result, invalid};
+use crate::rabbit::consumer::{ConsumerConfig, Outcome, ReliableConsumer};
+use crate::rabbit::{connect, declare_queue, parse_url, short};
+use crate::topology::QueueSpec;
+
+/// What to measure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TunerConfig {
+    /// `amqp://user:pass@host:port/vhost`.
+    pub url: String,
+    /// The prefetch values to try, in order.
+    pub prefetch_values: Vec<u16>,
+    /// Time the handler spends per message (simulated work). Default 1 ms.
+    pub handler_latency: Duration,
+    /// Handlers running at once; `None` runs as many as the prefetch
+    /// allows (an async handler doing I/O). Default `None`.
+    pub concurrency: Option<usize>,
+    /// Messages put in the queue before each run. Default 20 000.
+    pub messages: usize,
+    /// A run stops after this long even if messages remain. Default 4 s.
+    pub max_run: Duration,
+    /// Payload bytes per message. Default 256.
+    pub payload_size: usize,
+    /// A prefetch counts as good enough within this fraction of the best
+    /// throughput. Default 0.95.
+    pub tolerance: f64,
+    /// Queue name prefix (a unique suffix is added per run).
+    pub queue_prefix: String,
+}
+
+impl Default for TunerConfig {
+    fn default() -> Self {
+        TunerConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefetch_values: vec![1, 10, 50, 100, 200, 300, 1000],
+            handler_latency: Duration::from_millis(1),
+            concurrency: None,
+            messages: 20_000,
+            max_run: Duration::from_secs(4),
+            payload_size: 256,
+            tolerance: 0.95,
+            queue_prefix: "mq-reliable-tuner".into(),
+        }
+    }
+}
+
+impl TunerConfig {
+    /// Checks every field; the error names the field and its value.
+    pub fn validate(&self) -> Result<()> {
+        parse_url(&self.url, Duration::from_secs(10))?;
+        if self.prefetch_values.is_empty() || self.prefetch_values.contains(&0) {
+            return Err(invalid(
+                "prefetch_values",
+                &self.prefetch_values,
+                "must be non-empty and hold positive values",
+            ));
+        }
+        if self.concurrency == Some(0) {
+            return Err(invalid("concurrency", self.concurrency, "must be positive"));
+        }
+        if self.messages == 0 {
+            return Err(invalid("messages", self.messages, "must be positive"));
+        }
+        if self.max_run < Duration::from_millis(100) {
+            return Err(invalid("max_run", self.max_run, "must be at least 100 ms"));
+        }
+        if !(self.tolerance > 0.0 && self.tolerance <= 1.0) {
+            return Err(invalid("tolerance", self.tolerance, "must be in (0, 1]"));
+        }
+        if self.handler_latency > Duration::from_secs(10) {
+            return Err(invalid(
+                "handler_latency",
+                self.handler_latency,
+                "must be at most 10 s",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One measured prefetch value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TunerRow {
+    /// The prefetch.
+    pub prefetch: u16,
+    /// Handlers run at once.
+    pub concurrency: usize,
+    /// Messages consumed and acknowledged.
+    pub consumed: u64,
+    /// Wall time of the run.
+    pub seconds: f64,
+    /// Messages per second.
+    pub throughput: f64,
+    /// Most messages held unacknowledged at once.
+    pub peak_unacked: u64,
+}
+
+/// The tuner's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TunerReport {
+    /// One row per prefetch value, in the order tried.
+    pub rows: Vec<TunerRow>,
+    /// The recommended prefetch.
+    pub recommended: u16,
+    /// The handler latency used.
+    pub handler_latency: Duration,
+    /// The tolerance used for the recommendation.
+    pub tolerance: f64,
+}
+
+/// Measures every prefetch value of `cfg` against the broker.
+pub async fn tune_prefetch(cfg: &TunerConfig) -> Result<TunerReport> {
+    cfg.validate()?;
+    let mut rows = Vec::new();
+    for &prefetch in &cfg.prefetch_values {
+        rows.push(measure(cfg, prefetch).await?);
+    }
+    let recommended = recommend(&rows, cfg.tolerance);
+    Ok(TunerReport {
+        rows,
+        recommended,
+        handler_latency: cfg.handler_latency,
+        tolerance: cfg.tolerance,
+    })
+}
+
+/// Consumer throughput and peak unacked for one prefetch value.
+pub async fn measure(cfg: &TunerConfig, prefetch: u16) -> Result<TunerRow> {
+    let queue = format!(
+        "{}-p{prefetch}-{:08x}",
+        cfg.queue_prefix,
+        rand::random::<u32>()
+    );
+    let spec = QueueSpec::classic(&queue);
+    fill(cfg, &spec).await?;
+    let concurrency = cfg
+        .concurrency
+        .unwrap_or(usize::from(prefetch))
+        .clamp(1, usize::from(prefetch));
+    let consumed = Arc::new(AtomicU64::new(0));
+    let latency = cfg.handler_latency;
+    let ccfg = ConsumerConfig {
+        prefetch,
+        concurrency,
+        declare: false,
+        connection_name: "mq-reliable prefetch tuner".into(),
+        ..ConsumerConfig::new(cfg.url.clone(), spec.clone())
+    };
+    let started = Instant::now();
+    let counter = Arc::clone(&consumed);
+    let consumer = ReliableConsumer::start(ccfg, move |_msg| {
+        let counter = Arc::clone(&counter);
+        async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            counter.fetch_add(1, Ordering::Relaxed);
+            Outcome::Ack
+        }
+    })?;
+    let target = cfg.messages as u64;
+    while consumed.load(Ordering::Relaxed) < target && started.elapsed() < cfg.max_run {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let done = consumed.load(Ordering::Relaxed);
+    let stats = consumer.shutdown().await?;
+    delete_queue(&cfg.url, &queue).await?;
+    Ok(TunerRow {
+        prefetch,
+        concurrency,
+        consumed: done,
+        seconds,
+        throughput: done as f64 / seconds.max(1e-9),
+        peak_unacked: stats.peak_unacked,
+    })
+}
+
+async fn fill(cfg: &TunerConfig, spec: &QueueSpec) -> Result<()> {
+    let conn = connect(
+        parse_url(&cfg.url, Duration::from_secs(10))?,
+        "mq-reliable tuner fill",
+        Duration::from_secs(5),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    declare_queue(&ch, spec).await?;
+    let payload = vec![b'x'; cfg.payload_size];
+    for chunk in 0..cfg.messages.div_ceil(1000) {
+        let n = (cfg.messages - chunk * 1000).min(1000);
+        for i in 0..n {
+            // The confirm is awaited in bulk by `wait_for_confirms`.
+            drop(
+                ch.basic_publish(
+                    "".into(),
+                    short(&spec.name),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_message_id(format!("t{}", chunk * 1000 + i).into()),
+                )
+                .await?,
+            );
+        }
+        let returned = ch.wait_for_confirms().await?;
+        if !returned.is_empty() {
+            return Err(Error::InvalidConfig {
+                field: "queue_prefix",
+                value: spec.name.clone(),
+                reason: "the tuner's queue did not receive its messages",
+            });
+        }
+    }
+    let _ = conn.close(200, "filled".into()).await;
+    Ok(())
+}
+
+/// Deletes a queue (tests and the tuner clean up after themselves).
+pub(crate) async fn delete_queue(url: &str, queue: &str) -> Result<()> {
+    let conn = connect(
+        parse_url(url, Duration::from_secs(10))?,
+        "mq-reliable cleanup",
+        Duration::from_secs(5),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
+    ch.queue_delete(short(queue), QueueDeleteOptions::default())
+        .await?;
+    let _ = conn.close(200, "cleanup".into()).await;
+    Ok(())
+}
+
+/// The smallest prefetch whose throughput is within `tolerance` of the
+/// best.
+pub fn recommend(rows: &[TunerRow], tolerance: f64) -> u16 {
+    let best = rows.iter().map(|r| r.throughput).fold(0.0, f64::max);
+    let mut sorted: Vec<&TunerRow> = rows.iter().collect();
+    sorted.sort_by_key(|r| r.prefetch);
+    sorted
+        .iter()
+        .find(|r| r.throughput >= best * tolerance)
+        .map_or(0, |r| r.prefetch)
+}
+
+impl TunerReport {
+    /// The measurements as a text table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:>9} {:>11} {:>10} {:>8} {:>12} {:>13}",
+            "prefetch", "concurrency", "consumed", "seconds", "msgs/s", "peak unacked"
+        );
+        for r in &self.rows {
+            let mark = if r.prefetch == self.recommended {
+                "  <- recommended"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "{:>9} {:>11} {:>10} {:>8.2} {:>12.0} {:>13}{mark}",
+                r.prefetch, r.concurrency, r.consumed, r.seconds, r.throughput, r.peak_unacked
+            );
+        }
+        let _ = writeln!(
+            out,
+            "recommended prefetch: {} (smallest within {:.0}% of the best throughput; handler {:?})",
+            self.recommended,
+            self.tolerance * 100.0,
+            self.handler_latency
+        );
+        out
+    }
+
+    /// The throughput curve (and peak unacked) as a standalone SVG, prefetch
+    /// on a log scale.
+    pub fn svg(&self) -> String {
+        let (w, h) = (720.0_f64, 420.0_f64);
+        let (left, right, top, bottom) = (70.0, 30.0, 40.0, 60.0);
+        let pw = w - left - right;
+        let ph = h - top - bottom;
+        let mut rows: Vec<&TunerRow> = self.rows.iter().collect();
+        rows.sort_by_key(|r| r.prefetch);
+        let xmin = f64::from(rows.first().map_or(1, |r| r.prefetch))
+            .max(1.0)
+            .log10();
+        let xmax = f64::from(rows.last().map_or(10, |r| r.prefetch))
+            .max(10.0)
+            .log10();
+        let span = (xmax - xmin).max(1e-9);
+        let ymax = nice_ceiling(rows.iter().map(|r| r.throughput).fold(1.0, f64::max));
+        let x = |p: u16| left + (f64::from(p).max(1.0).log10() - xmin) / span * pw;
+        let y = |v: f64| top + ph - v / ymax * ph;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">Consumer throughput by prefetch (handler {:?})</text>"#,
+            w / 2.0,
+            self.handler_latency
+        );
+        // Axes, grid and labels.
+        for i in 0..=4 {
+            let v = ymax * f64::from(i) / 4.0;
+            let yy = y(v);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{left}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{:.0}</text>"##,
+                left + pw,
+                left - 6.0,
+                yy + 4.0,
+                v
+            );
+        }
+        for r in &rows {
+            let xx = x(r.prefetch);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{xx:.1}" y1="{top}" x2="{xx:.1}" y2="{:.1}" stroke="#eee"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                top + ph,
+                top + ph + 18.0,
+                r.prefetch
+            );
+        }
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{:.1}" stroke="black"/>"##,
+            top + ph,
+            left + pw,
+            top + ph,
+            top + ph
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">prefetch (log scale)</text>"#,
+            left + pw / 2.0,
+            h - 18.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">messages / s</text>"#,
+            top + ph / 2.0,
+            top + ph / 2.0
+        );
+        // The curve.
+        let points: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{:.1},{:.1}", x(r.prefetch), y(r.throughput)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r##"<polyline points="{}" fill="none" stroke="#1f77b4" stroke-width="2"/>"##,
+            points.join(" ")
+        );
+        for r in &rows {
+            let (cx, cy) = (x(r.prefetch), y(r.throughput));
+            let rec = r.prefetch == self.recommended;
+            let _ = writeln!(
+                s,
+                r##"<circle cx="{cx:.1}" cy="{cy:.1}" r="{}" fill="{}"><title>prefetch {}: {:.0} msg/s, peak unacked {}</title></circle>"##,
+                if rec { 6 } else { 4 },
+                if rec { "#d62728" } else { "#1f77b4" },
+                r.prefetch,
+                r.throughput,
+                r.peak_unacked
+            );
+            let _ = writeln!(
+                s,
+                r##"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" fill="#555" font-size="10">{} unacked</text>"##,
+                cy - 10.0,
+                r.peak_unacked
+            );
+        }
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" fill="#d62728">recommended: {}</text>"##,
+            left + 10.0,
+            top + 14.0,
+            self.recommended
+        );
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+/// A round upper bound for an axis.
+fn nice_ceiling(v: f64) -> f64 {
+    if v <= 0.0 {
+        return 1.0;
+    }
+    let mag = 10f64.powf(v.log10().floor());
+    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if v <= m * mag {
+            return m * mag;
+        }
+    }
+    10.0 * mag
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(prefetch: u16, throughput: f64) -> TunerRow {
+        TunerRow {
+            prefetch,
+            concurrency: 1,
+            consumed: 100,
+            seconds: 1.0,
+            throughput,
+            peak_unacked: u64::from(prefetch),
+        }
+    }
+
+    #[test]
+    fn recommends_the_knee_of_the_curve() {
+        let rows = vec![
+            row(1, 900.0),
+            row(10, 7_000.0),
+            row(50, 9_600.0),
+            row(100, 10_000.0),
+            row(1000, 9_900.0),
+        ];
+        assert_eq!(recommend(&rows, 0.95), 50);
+        assert_eq!(recommend(&rows, 1.0), 100);
+        assert_eq!(recommend(&rows, 0.5), 10);
+    }
+
+    #[test]
+    fn svg_is_well_formed_and_marks_the_recommendation() {
+        let report = TunerReport {
+            rows: vec![row(1, 900.0), row(100, 10_000.0), row(1000, 9_000.0)],
+            recommended: 100,
+            handler_latency: Duration::from_millis(1),
+            tolerance: 0.95,
+        };
+        let svg = report.svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<circle").count(), 3);
+        assert!(svg.contains("recommended: 100"));
+        assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+        let table = report.table();
+        assert!(table.contains("<- recommended"));
+        assert!(table.lines().count() >= 4);
+    }
+
+    #[test]
+    fn validation_names_fields() {
+        TunerConfig::default().validate().unwrap();
+        let e = TunerConfig {
+            prefetch_values: vec![0],
+            ..TunerConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("prefetch_values"), "{e}");
+        let e = TunerConfig {
+            tolerance: 1.5,
+            ..TunerConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("tolerance"), "{e}");
+        assert_eq!(nice_ceiling(7300.0), 10_000.0);
+        assert_eq!(nice_ceiling(1200.0), 2000.0);
+    }
+}

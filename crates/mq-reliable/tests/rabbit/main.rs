@@ -1,0 +1,11 @@
+//! Against the real RabbitMQ; faults through `testkit::FaultProxy`.
+//!
+//! Every test uses its own queues (unique names) and deletes them at the
+//! end, even when it fails.
+
+mod support;
+
+mod consumer;
+mod crash;
+mod faults;
+mod publisher;
