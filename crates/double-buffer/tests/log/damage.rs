@@ -153,8 +153,7 @@ fn lost_end_of_a_sealed_segment_is_corruption(env: &Env) {
 fn last_group_start(bytes: &[u8], end: usize) -> usize {
     (double_buffer::SEGMENT_HEADER_LEN..end)
         .step_by(8)
-        .filter(|&i| &bytes[i..i + 4] == b"GRP1")
-        .last()
+        .rfind(|&i| &bytes[i..i + 4] == b"GRP1")
         .unwrap()
 }
 
