@@ -917,3 +917,94 @@ impl Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    struct Counter(AtomicUsize);
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn slice() -> Slice {
+        Slice {
+            index: 0,
+            buffer: DoubleBuffer::new(4096),
+            durable: AtomicU64::new(0),
+            demanded: AtomicU64::new(0),
+            waiters: Mutex::new(Vec::new()),
+            signals: Arc::new(Signals {
+                bell: Mutex::new(Bell::default()),
+                ring: Condvar::new(),
+                failure: OnceLock::new(),
+                closed: AtomicBool::new(false),
+                flush_thread: true,
+                linger: Duration::from_millis(1),
+            }),
+            engine: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn a_flush_wakes_only_the_waiters_it_covered() {
+        let s = slice();
+        let counters: Vec<Arc<Counter>> = (0..3)
+            .map(|_| Arc::new(Counter(AtomicUsize::new(0))))
+            .collect();
+        for (c, id) in counters.iter().zip([3, 7, 10]) {
+            let waker = Waker::from(Arc::clone(c));
+            let mut registered = None;
+            assert!(
+                s.poll_durable(id, &mut Context::from_waker(&waker), &mut registered)
+                    .is_pending()
+            );
+        }
+        assert!(lock(&s.signals.bell).urgent, "a waiter asks for a flush");
+        assert_eq!(s.demanded.load(Ordering::SeqCst), 10);
+        // The flusher made records up to 7 durable.
+        s.durable.store(7, Ordering::SeqCst);
+        s.wake_upto(7, &mut Vec::new());
+        let woken: Vec<usize> = counters
+            .iter()
+            .map(|c| c.0.load(Ordering::SeqCst))
+            .collect();
+        assert_eq!(woken, [1, 1, 0]);
+        assert_eq!(lock(&s.waiters).len(), 1);
+        let waker = Waker::from(Arc::clone(&counters[0]));
+        assert!(
+            s.poll_durable(3, &mut Context::from_waker(&waker), &mut None)
+                .is_ready()
+        );
+    }
+
+    #[test]
+    fn repolling_with_the_same_waker_registers_once() {
+        let s = slice();
+        let c = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&c));
+        let mut registered = None;
+        for _ in 0..5 {
+            assert!(
+                s.poll_durable(4, &mut Context::from_waker(&waker), &mut registered)
+                    .is_pending()
+            );
+        }
+        assert_eq!(lock(&s.waiters).len(), 1);
+    }
+
+    #[test]
+    fn a_failure_reaches_waiters_but_not_records_already_durable() {
+        let s = slice();
+        s.durable.store(5, Ordering::SeqCst);
+        let _ = s
+            .signals
+            .failure
+            .set(Error::io("fdatasync", "x", std::io::Error::other("boom")));
+        assert!(matches!(s.check(5), Some(Ok(()))));
+        assert!(matches!(s.check(6), Some(Err(Error::Io { .. }))));
+    }
+}

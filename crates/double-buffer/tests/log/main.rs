@@ -1,5 +1,6 @@
 //! Scenario tests of the spill log, each run on disk and in memory.
 
+mod asynch;
 mod crash_model;
 mod damage;
 mod faults;
