@@ -205,17 +205,15 @@ fn render(i: &Inspection) -> String {
 
 fn preview(payload: &[u8], hex: bool) -> String {
     const MAX: usize = 64;
-    if !hex {
-        if let Ok(text) = std::str::from_utf8(payload) {
-            if text
-                .chars()
-                .all(|c| !c.is_control() || c == '\n' || c == '\t')
-            {
-                let cut: String = text.chars().take(MAX).collect();
-                let more = if cut.len() < text.len() { "…" } else { "" };
-                return format!("{cut:?}{more}");
-            }
-        }
+    if !hex
+        && let Ok(text) = std::str::from_utf8(payload)
+        && text
+            .chars()
+            .all(|c| !c.is_control() || c == '\n' || c == '\t')
+    {
+        let cut: String = text.chars().take(MAX).collect();
+        let more = if cut.len() < text.len() { "…" } else { "" };
+        return format!("{cut:?}{more}");
     }
     let shown = &payload[..payload.len().min(MAX / 2)];
     let mut s = String::from("0x");
