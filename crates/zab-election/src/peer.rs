@@ -22,6 +22,10 @@ use crate::message::{Message, Notification};
 use crate::quorum::QuorumVerifier;
 use crate::types::{Epoch, LearnerType, Round, ServerId, ServerState, Vote, Zxid};
 
+/// In an `AckEpoch`, the current epoch that says "I had already accepted
+/// this epoch: do not count me" (ZooKeeper sends -1).
+pub(crate) const NOT_AN_ACK: Epoch = u64::MAX;
+
 /// What a server keeps on disk across restarts (ZooKeeper's `acceptedEpoch`
 /// and `currentEpoch` files, and the last logged zxid).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -181,6 +185,8 @@ struct Follow {
     leader: ServerId,
     session: u64,
     phase: FollowPhase,
+    /// What our `AckEpoch` said as current epoch, for resending it.
+    acked_epoch_with: Epoch,
     deadline: Duration,
     resend: Duration,
 }
@@ -225,6 +231,8 @@ pub struct Peer<Q> {
     follow: Option<Follow>,
     sessions: u64,
     early: BTreeMap<ServerId, EarlyInfo>,
+    /// The highest accepted epoch any learner reported (volatile).
+    epoch_hint: Epoch,
 
     loopback: VecDeque<Notification>,
     outbox: VecDeque<(ServerId, Message)>,
@@ -281,6 +289,7 @@ impl<Q: QuorumVerifier> Peer<Q> {
             follow: None,
             sessions: 0,
             early: BTreeMap::new(),
+            epoch_hint: 0,
             loopback: VecDeque::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -864,7 +873,7 @@ impl<Q: QuorumVerifier> Peer<Q> {
             .learners
             .values()
             .map(|l| l.accepted_epoch)
-            .chain([self.disk.accepted_epoch])
+            .chain([self.disk.accepted_epoch, self.epoch_hint])
             .max()
             .unwrap_or(0);
         let targets: Vec<(ServerId, u64)> =
@@ -949,6 +958,22 @@ impl<Q: QuorumVerifier> Peer<Q> {
         if leader != self.config.id {
             return;
         }
+        self.epoch_hint = self.epoch_hint.max(info.accepted_epoch);
+        let chosen = match self.lead.as_ref().map(|l| &l.phase) {
+            Some(
+                LeadPhase::Epoch { epoch, .. }
+                | LeadPhase::NewLeader { epoch, .. }
+                | LeadPhase::Serving { epoch },
+            ) => Some(*epoch),
+            _ => None,
+        };
+        if chosen.is_some_and(|e| info.accepted_epoch > e) {
+            // The learner promised a later epoch and can never join ours.
+            // ZooKeeper leaves it out (looping) until the next election; we
+            // start that election now, and will propose above its epoch.
+            self.back_to_looking("a learner accepted a later epoch than ours");
+            return;
+        }
         let now = self.now;
         let sync_timeout = self.config.sync_timeout();
         let Some(lead) = &mut self.lead else {
@@ -1012,17 +1037,22 @@ impl<Q: QuorumVerifier> Peer<Q> {
         if learner.session != session || epoch != phase_epoch {
             return;
         }
-        if (current, zxid) > ours {
+        let counts = current != NOT_AN_ACK;
+        if counts && (current, zxid) > ours {
             // `waitForEpochAck`: a follower is ahead of the leader.
             self.back_to_looking("a follower is ahead of the leader");
             return;
         }
-        learner.current_epoch = current;
+        if counts {
+            learner.current_epoch = current;
+        }
         learner.zxid = zxid;
         learner.acked_epoch = true;
         match &mut lead.phase {
             LeadPhase::Epoch { acked, .. } => {
-                acked.insert(from);
+                if counts {
+                    acked.insert(from);
+                }
                 self.check_epoch_acks();
             }
             LeadPhase::NewLeader { .. } | LeadPhase::Serving { .. } => {
@@ -1132,6 +1162,7 @@ impl<Q: QuorumVerifier> Peer<Q> {
             leader,
             session: self.sessions,
             phase: FollowPhase::Connecting,
+            acked_epoch_with: NOT_AN_ACK,
             deadline: now + self.config.init_timeout(),
             resend: now + self.config.ping_interval(),
         });
@@ -1164,22 +1195,26 @@ impl<Q: QuorumVerifier> Peer<Q> {
             self.back_to_looking("the leader's epoch is older than the accepted one");
             return;
         }
-        match f.phase {
-            FollowPhase::Connecting => {}
-            FollowPhase::EpochAccepted(e) if e == epoch => {}
-            _ => return,
-        }
-        if self.disk.accepted_epoch != epoch {
-            self.disk.accepted_epoch = epoch;
-            self.persist();
-        }
+        let current_epoch = match f.phase {
+            FollowPhase::Connecting if epoch > self.disk.accepted_epoch => {
+                self.disk.accepted_epoch = epoch;
+                self.persist();
+                self.disk.current_epoch
+            }
+            // Already accepted (from this or another leader): answer, but
+            // the answer must not count towards the epoch's quorum.
+            FollowPhase::Connecting => NOT_AN_ACK,
+            FollowPhase::EpochAccepted(_) => return,
+            FollowPhase::Synced(_) => return,
+        };
         if let Some(f) = &mut self.follow {
             f.phase = FollowPhase::EpochAccepted(epoch);
+            f.acked_epoch_with = current_epoch;
         }
         let ack = Message::AckEpoch {
             session,
             epoch,
-            current_epoch: self.disk.current_epoch,
+            current_epoch,
             zxid: self.disk.zxid,
         };
         self.send(from, ack);
@@ -1248,7 +1283,7 @@ impl<Q: QuorumVerifier> Peer<Q> {
                 let ack = Message::AckEpoch {
                     session: f.session,
                     epoch,
-                    current_epoch: self.disk.current_epoch,
+                    current_epoch: f.acked_epoch_with,
                     zxid: self.disk.zxid,
                 };
                 self.send(f.leader, ack);

@@ -1,5 +1,7 @@
 //! A deterministic, seeded in-memory network of [`Peer`]s.
 //!
+//! Links are FIFO, like the one TCP connection between two servers: a
+//! message may be late, lost or doubled but never overtakes an earlier one.
 //! The verbs are raft-rs's: messages are delivered after a random delay
 //! ([`Sim::set_delay`]), dropped ([`Sim::drop`], [`Sim::set_drop_rate`]),
 //! duplicated ([`Sim::set_duplicate_rate`]); links are [`Sim::cut`], servers
@@ -228,6 +230,8 @@ struct Server {
     disk: Persistent,
     /// Status changes, for tests that look at the history.
     history: Vec<(Duration, ServerState, Option<ServerId>, Round)>,
+    /// Why the server gave up a leader, with when.
+    lost: Vec<(Duration, &'static str)>,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -237,6 +241,8 @@ struct InFlight {
     from: ServerId,
     to: ServerId,
     payload: Vec<u8>,
+    /// The sender's credentials when it sent the message, for the oracle.
+    creds: Option<Vote>,
 }
 
 /// Counters of what the network did.
@@ -266,6 +272,7 @@ pub struct Sim {
     dup_rate: f64,
     link_drop: BTreeMap<(ServerId, ServerId), f64>,
     cut: BTreeSet<(ServerId, ServerId)>,
+    link_last: BTreeMap<(ServerId, ServerId), Duration>,
     oracle: Oracle,
     stats: NetStats,
 }
@@ -297,6 +304,7 @@ impl Sim {
             dup_rate: 0.0,
             link_drop: BTreeMap::new(),
             cut: BTreeSet::new(),
+            link_last: BTreeMap::new(),
             oracle: Oracle::default(),
             stats: NetStats::default(),
         };
@@ -310,6 +318,7 @@ impl Sim {
                     peer: None,
                     disk,
                     history: Vec::new(),
+                    lost: Vec::new(),
                 },
             );
         }
@@ -367,6 +376,12 @@ impl Sim {
     #[must_use]
     pub fn history(&self, id: ServerId) -> &[(Duration, ServerState, Option<ServerId>, Round)] {
         self.servers.get(&id).map_or(&[], |s| &s.history)
+    }
+
+    /// Why a server gave up its leader or leadership, with when.
+    #[must_use]
+    pub fn lost_leader(&self, id: ServerId) -> &[(Duration, &'static str)] {
+        self.servers.get(&id).map_or(&[], |s| &s.lost)
     }
 
     /// The random generator, for scenario code that wants the same stream.
@@ -472,7 +487,7 @@ impl Sim {
     /// usual delay (bypassing drop and duplicate rates).
     pub fn inject_raw(&mut self, from: ServerId, to: ServerId, bytes: Vec<u8>) {
         let at = self.now + self.random_delay();
-        self.enqueue(at, from, to, bytes);
+        self.enqueue(at, from, to, bytes, None);
     }
 
     /// Sends `msg` from `from` to `to` as if `from` had sent it.
@@ -503,7 +518,10 @@ impl Sim {
                 (Some(m), Some((t, _))) => m.min(t),
                 (Some(m), None) => m,
                 (None, Some((t, _))) => t,
-                (None, None) => end,
+                (None, None) => {
+                    self.now = self.now.max(end);
+                    return stop(self);
+                }
             };
             if next > end {
                 self.now = end;
@@ -575,7 +593,19 @@ impl Sim {
         lo + Duration::from_nanos(self.rng.random_range(0..=span))
     }
 
-    fn enqueue(&mut self, at: Duration, from: ServerId, to: ServerId, payload: Vec<u8>) {
+    fn enqueue(
+        &mut self,
+        at: Duration,
+        from: ServerId,
+        to: ServerId,
+        payload: Vec<u8>,
+        creds: Option<Vote>,
+    ) {
+        // Links are FIFO, as the TCP connection between two servers is: a
+        // message never overtakes an earlier one on the same link.
+        let last = self.link_last.entry((from, to)).or_default();
+        let at = at.max(*last);
+        *last = at;
         self.seq += 1;
         self.queue.push(Reverse(InFlight {
             at,
@@ -583,6 +613,7 @@ impl Sim {
             from,
             to,
             payload,
+            creds,
         }));
     }
 
@@ -610,18 +641,9 @@ impl Sim {
             }
         };
         self.stats.delivered += 1;
-        if let Message::Notification(n) = msg {
+        if let (Message::Notification(n), Some(c)) = (msg, m.creds) {
             if n.state == ServerState::Looking {
-                let creds = self.servers.get(&m.from).map(|s| match &s.peer {
-                    Some(p) => {
-                        let d = p.persistent();
-                        Vote::new(m.from, d.zxid, d.current_epoch)
-                    }
-                    None => Vote::new(m.from, s.disk.zxid, s.disk.current_epoch),
-                });
-                if let Some(c) = creds {
-                    self.oracle.delivered_looking(m.to, m.from, n.round, c);
-                }
+                self.oracle.delivered_looking(m.to, m.from, n.round, c);
             }
         }
         let now = self.now;
@@ -656,8 +678,9 @@ impl Sim {
                 match &ev {
                     Event::Persist(d) => server.disk = *d,
                     Event::StateChanged(s) => {
-                        server.history.push((now, s.state, s.leader, s.round))
+                        server.history.push((now, s.state, s.leader, s.round));
                     }
+                    Event::LostLeader { reason } => server.lost.push((now, reason)),
                     _ => {}
                 }
                 self.oracle.observe(now, peer, &ev);
@@ -684,12 +707,16 @@ impl Sim {
             return;
         }
         let payload = msg.to_payload();
+        let creds = self.peer(from).map(|p| {
+            let d = p.persistent();
+            Vote::new(from, d.zxid, d.current_epoch)
+        });
         if self.dup_rate > 0.0 && self.rng.random_bool(self.dup_rate) {
             self.stats.duplicated += 1;
             let at = self.now + self.random_delay();
-            self.enqueue(at, from, to, payload.clone());
+            self.enqueue(at, from, to, payload.clone(), creds);
         }
         let at = self.now + self.random_delay();
-        self.enqueue(at, from, to, payload);
+        self.enqueue(at, from, to, payload, creds);
     }
 }
