@@ -1,5 +1,6 @@
 //! The registry's data: Eureka's `InstanceInfo` and the documents built from it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -125,10 +126,10 @@ pub struct Port {
 /// Where an instance runs: `dataCenterInfo` with Jackson's `@class` on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DataCenterInfo {
-    /// `MyOwn`, `Amazon` or `Netflix`.
-    pub name: String,
-    /// The Java class name Eureka's codecs expect.
-    pub class: String,
+    /// `MyOwn`, `Amazon` or `Netflix` (the usual names are not allocated per instance).
+    pub name: Cow<'static, str>,
+    /// The Java class name Eureka's codecs expect (the two usual ones are not allocated).
+    pub class: Cow<'static, str>,
     /// Amazon metadata (`instance-id`, `availability-zone`, ...), empty elsewhere.
     pub metadata: BTreeMap<String, String>,
 }
@@ -203,6 +204,91 @@ impl Default for LeaseInfo {
     }
 }
 
+/// An instance's metadata: a string map kept as a sorted vector, because instances
+/// carry a handful of entries and a `BTreeMap` node costs ~500 bytes each.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Metadata(Vec<(String, String)>);
+
+impl Metadata {
+    /// Sets `key` to `value`; returns the previous value.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> Option<String> {
+        let (key, value) = (key.into(), value.into());
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (key, value));
+                None
+            }
+        }
+    }
+
+    /// The value of `key`.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| self.0[i].1.as_str())
+    }
+
+    /// Removes `key`; returns its value.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        let i = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    /// Removes every entry.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// Number of entries.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is no entry.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Entries, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl std::ops::Index<&str> for Metadata {
+    type Output = String;
+
+    /// Panics when `key` is absent, like `BTreeMap`'s index; use [`Metadata::get`] otherwise.
+    fn index(&self, key: &str) -> &String {
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+            Ok(i) => &self.0[i].1,
+            Err(_) => panic!("no metadata key {key:?}"),
+        }
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> Extend<(K, V)> for Metadata {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        for (k, v) in iter {
+            self.insert(k, v);
+        }
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Metadata {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut m = Metadata::default();
+        m.extend(iter);
+        m.0.shrink_to_fit();
+        m
+    }
+}
+
 /// One instance of an application: Eureka's `InstanceInfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceInfo {
@@ -233,7 +319,7 @@ pub struct InstanceInfo {
     /// Lease terms the client asked for (timestamps are the server's, see [`Instance`]).
     pub lease_info: LeaseInfo,
     /// User metadata.
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
     /// Home page URL.
     pub home_page_url: Option<String>,
     /// Status page URL.
@@ -282,7 +368,7 @@ impl InstanceInfo {
             country_id: 1,
             data_center_info: DataCenterInfo::my_own(),
             lease_info: LeaseInfo::default(),
-            metadata: BTreeMap::new(),
+            metadata: Metadata::default(),
             home_page_url: None,
             status_page_url: None,
             health_check_url: None,

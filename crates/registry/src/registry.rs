@@ -74,6 +74,7 @@ struct Journal {
 
 #[derive(Debug, Clone)]
 struct Change {
+    version: u64,
     at: Millis,
     info: Arc<InstanceInfo>,
     lease: LeaseInfo,
@@ -561,14 +562,50 @@ impl Registry {
                 j.changes.iter().cloned().collect::<Vec<_>>(),
             )
         };
-        // The latest change per instance wins; each is a full-state record.
+        let delta = Arc::new(Self::coalesce(version, hashcode, &changes));
+        let mut cache = self.delta_cache.lock();
+        if cache.as_ref().is_none_or(|c| c.version < version) {
+            *cache = Some(delta.clone());
+        }
+        delta
+    }
+
+    /// Only the changes after `since` (an extension for long-polling clients, which
+    /// know the version they hold): far smaller than the whole window. If changes after
+    /// `since` have already left the window, this is the whole window, and the
+    /// hashcode check tells the client to fetch everything.
+    #[must_use]
+    pub fn delta_since(&self, since: u64, now: Millis) -> Applications {
+        let (version, hashcode, changes) = {
+            let mut j = self.journal.lock();
+            self.prune(&mut j, now);
+            let complete = j
+                .changes
+                .front()
+                .is_none_or(|c| c.version <= since.saturating_add(1));
+            let from = if complete {
+                j.changes.partition_point(|c| c.version <= since)
+            } else {
+                0
+            };
+            (
+                j.version,
+                reconcile_hashcode(&j.counts),
+                j.changes.range(from..).cloned().collect::<Vec<_>>(),
+            )
+        };
+        Self::coalesce(version, hashcode, &changes)
+    }
+
+    /// Keeps the latest change per instance (each is a full-state record), grouped by app.
+    fn coalesce(version: u64, apps_hashcode: String, changes: &[Change]) -> Applications {
         let mut latest: HashMap<(&str, &str), usize> = HashMap::with_capacity(changes.len());
         for (i, c) in changes.iter().enumerate() {
             latest.insert((c.info.app.as_str(), c.info.instance_id.as_str()), i);
         }
-        let mut by_app: BTreeMap<&str, Vec<Instance>> = BTreeMap::new();
         let mut keep: Vec<usize> = latest.into_values().collect();
         keep.sort_unstable();
+        let mut by_app: BTreeMap<&str, Vec<Instance>> = BTreeMap::new();
         for i in keep {
             let c = &changes[i];
             by_app
@@ -586,16 +623,11 @@ impl Registry {
                 instances,
             })
             .collect();
-        let delta = Arc::new(Applications {
+        Applications {
             version,
-            apps_hashcode: hashcode,
+            apps_hashcode,
             applications,
-        });
-        let mut cache = self.delta_cache.lock();
-        if cache.as_ref().is_none_or(|c| c.version < version) {
-            *cache = Some(delta.clone());
         }
-        delta
     }
 
     /// Counters for the dashboard and for tests.
@@ -726,7 +758,9 @@ impl Registry {
         lease: LeaseInfo,
     ) -> u64 {
         journal.version += 1;
+        let version = journal.version;
         journal.changes.push_back(Change {
+            version,
             at: now,
             info,
             lease,

@@ -87,17 +87,21 @@ pub(crate) fn instance(out: &mut String, info: &InstanceInfo, lease: &LeaseInfo)
         map(out, info.data_center_info.metadata.iter());
     }
     out.push('}');
-    let _ = write!(
-        out,
-        ",\"leaseInfo\":{{\"renewalIntervalInSecs\":{},\"durationInSecs\":{},\"registrationTimestamp\":{},\
-         \"lastRenewalTimestamp\":{},\"evictionTimestamp\":{},\"serviceUpTimestamp\":{}}}",
-        lease.renewal_interval_secs,
-        lease.duration_secs,
-        lease.registration_timestamp,
-        lease.last_renewal_timestamp,
-        lease.eviction_timestamp,
-        lease.service_up_timestamp
-    );
+    for (name, v) in [
+        (
+            ",\"leaseInfo\":{\"renewalIntervalInSecs\":",
+            u64::from(lease.renewal_interval_secs),
+        ),
+        (",\"durationInSecs\":", u64::from(lease.duration_secs)),
+        (",\"registrationTimestamp\":", lease.registration_timestamp),
+        (",\"lastRenewalTimestamp\":", lease.last_renewal_timestamp),
+        (",\"evictionTimestamp\":", lease.eviction_timestamp),
+        (",\"serviceUpTimestamp\":", lease.service_up_timestamp),
+    ] {
+        out.push_str(name);
+        number(out, v);
+    }
+    out.push('}');
     out.push_str(",\"metadata\":");
     if info.metadata.is_empty() {
         out.push_str("{\"@class\":\"java.util.Collections$EmptyMap\"}");
@@ -162,28 +166,47 @@ fn map<'a>(out: &mut String, entries: impl Iterator<Item = (&'a String, &'a Stri
     out.push('}');
 }
 
-/// Writes `s` as a JSON string literal.
+/// Writes `s` as a JSON string literal. Only ASCII bytes need escaping, so the
+/// scan is over bytes: UTF-8 continuation bytes are never `"`, `\\` or controls.
 pub(crate) fn string(out: &mut String, s: &str) {
     out.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let esc = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            c if (c as u32) < 0x20 => "",
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
             _ => continue,
         };
         out.push_str(&s[start..i]);
         if esc.is_empty() {
-            let _ = write!(out, "\\u{:04x}", c as u32);
+            let _ = write!(out, "\\u{b:04x}");
         } else {
             out.push_str(esc);
         }
-        start = i + c.len_utf8();
+        start = i + 1;
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// Appends `n` in decimal without going through `fmt`.
+pub(crate) fn number(out: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
 }

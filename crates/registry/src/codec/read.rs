@@ -1,5 +1,6 @@
 //! One lenient, validating reader over the JSON tree (XML is converted to it first).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -7,8 +8,8 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    ActionType, Application, Applications, DataCenterInfo, Instance, InstanceInfo, LeaseInfo, Port,
-    Status,
+    ActionType, Application, Applications, DataCenterInfo, Instance, InstanceInfo, LeaseInfo,
+    Metadata, Port, Status,
 };
 
 /// Reads an instance from `{"instance":{...}}` or from the bare object.
@@ -96,8 +97,8 @@ fn instance_and_lease(v: &Value) -> Result<(InstanceInfo, LeaseInfo)> {
             ..LeaseInfo::default()
         },
         metadata: match get("metadata") {
-            Some(m) => string_map("metadata", m)?,
-            None => BTreeMap::new(),
+            Some(m) => string_map("metadata", m)?.into_iter().collect(),
+            None => Metadata::default(),
         },
         home_page_url: text("homePageUrl")?,
         status_page_url: text("statusPageUrl")?,
@@ -159,6 +160,14 @@ pub fn applications_from_value(v: &Value) -> Result<Applications> {
         apps_hashcode,
         applications,
     })
+}
+
+/// A shared constant when `s` is one of `known`, so that each instance does not keep a copy.
+fn interned(s: String, known: &[&'static str]) -> Cow<'static, str> {
+    match known.iter().find(|k| **k == s) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(s),
+    }
 }
 
 /// A list that Eureka may send as an array, a single object, or not at all.
@@ -261,13 +270,19 @@ fn data_center(v: &Value) -> Result<DataCenterInfo> {
         ));
     };
     let name = match m.get("name") {
-        Some(n) => string("dataCenterInfo.name", n)?,
-        None => "MyOwn".to_owned(),
+        Some(n) => interned(
+            string("dataCenterInfo.name", n)?,
+            &["MyOwn", "Amazon", "Netflix"],
+        ),
+        None => Cow::Borrowed("MyOwn"),
     };
     let class = match m.get("@class") {
-        Some(c) => string("dataCenterInfo.@class", c)?,
-        None if name.eq_ignore_ascii_case("amazon") => DataCenterInfo::AMAZON_CLASS.to_owned(),
-        None => DataCenterInfo::DEFAULT_CLASS.to_owned(),
+        Some(c) => interned(
+            string("dataCenterInfo.@class", c)?,
+            &[DataCenterInfo::DEFAULT_CLASS, DataCenterInfo::AMAZON_CLASS],
+        ),
+        None if name.eq_ignore_ascii_case("amazon") => Cow::Borrowed(DataCenterInfo::AMAZON_CLASS),
+        None => Cow::Borrowed(DataCenterInfo::DEFAULT_CLASS),
     };
     let metadata = match m.get("metadata") {
         Some(md) if !md.is_null() => string_map("dataCenterInfo.metadata", md)?,

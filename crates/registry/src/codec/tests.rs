@@ -8,8 +8,7 @@ use crate::model::{Application, Instance, LeaseInfo, Status};
 fn sample() -> InstanceInfo {
     let mut i = InstanceInfo::new("orders", "orders-1", "host-1.example", 8080);
     i.ip_addr = "10.0.0.7".into();
-    i.metadata
-        .insert("zone".into(), "a \"quoted\" <zone> & more".into());
+    i.metadata.insert("zone", "a \"quoted\" <zone> & more");
     i.home_page_url = Some("http://host-1.example:8080/".into());
     i.vip_address = Some("orders.vip".into());
     i.secure_vip_address = Some("orders.secure".into());
@@ -141,7 +140,7 @@ fn reads_what_real_clients_send() {
         (i.instance_id.as_str(), i.port.port, i.port.enabled),
         ("i-123", 8081, true)
     );
-    assert_eq!(i.metadata.get("weight").map(String::as_str), Some("3"));
+    assert_eq!(i.metadata.get("weight"), Some("3"));
     assert_eq!(
         i.data_center_info.class,
         crate::model::DataCenterInfo::AMAZON_CLASS
@@ -262,7 +261,7 @@ proptest! {
         dirty in any::<u32>(),
     ) {
         let mut info = InstanceInfo::new(&app, &id, "h", port);
-        info.metadata = meta;
+        info.metadata = meta.into_iter().collect();
         info.status = status;
         info.last_dirty_timestamp = u64::from(dirty);
         for format in [Format::Json, Format::Xml] {

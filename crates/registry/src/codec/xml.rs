@@ -78,12 +78,12 @@ fn instance(out: &mut String, info: &InstanceInfo, lease: &LeaseInfo) {
     let _ = write!(
         out,
         "<dataCenterInfo class=\"{}\">",
-        escape(info.data_center_info.class.as_str())
+        escape(&*info.data_center_info.class)
     );
     element(out, "name", &info.data_center_info.name);
     if !info.data_center_info.metadata.is_empty() {
         out.push_str("<metadata>");
-        map(out, &info.data_center_info.metadata);
+        map(out, info.data_center_info.metadata.iter());
         out.push_str("</metadata>");
     }
     out.push_str("</dataCenterInfo>");
@@ -103,7 +103,7 @@ fn instance(out: &mut String, info: &InstanceInfo, lease: &LeaseInfo) {
         out.push_str("<metadata class=\"java.util.Collections$EmptyMap\"/>");
     } else {
         out.push_str("<metadata>");
-        map(out, &info.metadata);
+        map(out, info.metadata.iter());
         out.push_str("</metadata>");
     }
     for (name, value) in [
@@ -146,7 +146,7 @@ fn instance(out: &mut String, info: &InstanceInfo, lease: &LeaseInfo) {
 
 /// Metadata keys become element names; a key that is not a valid XML name cannot be
 /// written as one and is left out of the XML form (JSON carries every key).
-fn map(out: &mut String, m: &std::collections::BTreeMap<String, String>) {
+fn map<'a>(out: &mut String, m: impl Iterator<Item = (&'a String, &'a String)>) {
     for (k, v) in m {
         if is_xml_name(k) {
             element(out, k, v);

@@ -185,7 +185,7 @@ fn last_dirty_timestamp_decides_conflicts() {
     let r = reg(true);
     let mut newer = inst("a", "a1");
     newer.last_dirty_timestamp = 200;
-    newer.metadata.insert("v".into(), "new".into());
+    newer.metadata.insert("v", "new");
     r.register(newer, true, T0).unwrap();
     let mut older = inst("a", "a1");
     older.last_dirty_timestamp = 100;
@@ -253,6 +253,42 @@ fn the_delta_keeps_changes_for_the_retention_window_only() {
 }
 
 #[test]
+fn delta_since_returns_only_newer_changes_unless_they_left_the_window() {
+    let r = Registry::new(Config {
+        delta_retention: Duration::from_secs(10),
+        ..Config::default()
+    })
+    .unwrap();
+    r.register(inst("a", "a1"), false, T0).unwrap();
+    r.register(inst("a", "a2"), false, T0 + 5_000).unwrap();
+    r.register(inst("b", "b1"), false, T0 + 12_000).unwrap();
+    let ids = |d: &Applications| -> Vec<String> {
+        d.applications
+            .iter()
+            .flat_map(|a| &a.instances)
+            .map(|i| i.info.instance_id.clone())
+            .collect()
+    };
+    let now = T0 + 12_000;
+    assert_eq!(ids(&r.delta_since(2, now)), ["b1"]);
+    assert!(r.delta_since(3, now).applications.is_empty());
+    assert_eq!(r.delta_since(3, now).apps_hashcode, "UP_3_");
+    assert_eq!(ids(&r.delta_since(1, now)), ["a2", "b1"]);
+    // A client at version 0 missed a1 (it left the window): the hashcode says so.
+    let mut empty = LocalRegistry::default();
+    assert!(!empty.apply_delta(&r.delta_since(0, now)));
+    let mut at_one = LocalRegistry::default();
+    let mut first = r.applications().as_ref().clone();
+    first.applications[0]
+        .instances
+        .retain(|i| i.info.instance_id == "a1");
+    first.applications.truncate(1);
+    first.version = 1;
+    at_one.replace(&first);
+    assert!(at_one.apply_delta(&r.delta_since(1, now)));
+}
+
+#[test]
 fn vips_and_ids_are_looked_up_across_apps() {
     let r = reg(true);
     let mut a = inst("a", "x1");
@@ -277,6 +313,7 @@ fn deltas_and_hashcodes_agree_under_concurrent_writers() {
     }
     let mut local = LocalRegistry::default();
     local.replace(&r.applications());
+    let mut incremental = local.clone();
     // Bounded writers (the delta queue keeps every change for the retention window).
     let writers: Vec<_> = (0..3u64)
         .map(|w| {
@@ -308,6 +345,12 @@ fn deltas_and_hashcodes_agree_under_concurrent_writers() {
             delta.version
         );
         assert_eq!(local.hashcode(), delta.apps_hashcode);
+        let since = r.delta_since(incremental.version(), T0);
+        assert!(
+            incremental.apply_delta(&since),
+            "incremental delta mismatch at {}",
+            since.version
+        );
         let full = r.applications();
         assert_eq!(
             full.reconcile_hashcode(),

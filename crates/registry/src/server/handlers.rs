@@ -128,23 +128,29 @@ pub(super) async fn all_apps(State(node): State<Arc<Node>>, headers: HeaderMap) 
     respond(p, format, &headers).await
 }
 
-/// `GET /apps/delta[?wait=30s&version=N]`: with both, waits until the registry moves past
-/// version N (or the wait ends) before answering — a long poll for push-like latency.
+/// `GET /apps/delta`: Eureka's delta (every change in the retention window), cached.
+///
+/// Extension for clients that know the version they hold: `?version=N` answers with
+/// the changes after N only, and `&wait=30s` first waits until the registry moves past
+/// N (or the wait ends) — a long poll for push-like latency.
 pub(super) async fn delta(
     State(node): State<Arc<Node>>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> ApiResult {
     let format = format_of(&headers);
-    if let Some(w) = q.get("wait") {
-        let wait = parse_wait(w)?.min(node.cfg.max_long_poll);
-        let since: u64 = match q.get("version") {
-            Some(v) => v
-                .trim()
+    Counters::bump(&node.counters.delta_fetches);
+    let since: Option<u64> = match q.get("version") {
+        Some(v) => Some(
+            v.trim()
                 .parse()
                 .map_err(|_| Error::invalid("version", v, "expected a version number"))?,
-            None => return Err(Error::MissingField("version").into()),
-        };
+        ),
+        None => None,
+    };
+    if let Some(w) = q.get("wait") {
+        let wait = parse_wait(w)?.min(node.cfg.max_long_poll);
+        let since = since.ok_or(Error::MissingField("version"))?;
         let mut versions = node.versions.clone();
         let mut shutdown = node.shutdown.clone();
         tokio::select! {
@@ -153,9 +159,23 @@ pub(super) async fn delta(
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    Counters::bump(&node.counters.delta_fetches);
-    let p = node.cache.delta(&node, format).await;
-    Ok(respond(p, format, &headers).await)
+    let Some(since) = since else {
+        let p = node.cache.delta(&node, format).await;
+        return Ok(respond(p, format, &headers).await);
+    };
+    let registry = node.registry.clone();
+    let now = node.now();
+    let body = tokio::task::spawn_blocking(move || {
+        codec::encode_applications(&registry.delta_since(since, now), format)
+    })
+    .await
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("delta build failed: {e}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
 /// `30s`, `500ms` or a bare number of seconds.
