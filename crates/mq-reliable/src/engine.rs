@@ -109,6 +109,7 @@ pub(crate) struct EngineConfig {
     pub(crate) checkpoint_every: usize,
     pub(crate) spill_window: usize,
     pub(crate) max_payload: usize,
+    pub(crate) recovery_intake: f64,
 }
 
 impl EngineConfig {
@@ -137,6 +138,13 @@ impl EngineConfig {
                 "must be in 1..=1048576",
             ));
         }
+        if !(0.0..1.0).contains(&self.recovery_intake) {
+            return Err(invalid(
+                "recovery_intake",
+                self.recovery_intake,
+                "must be in [0, 1): below 1 the backlog shrinks",
+            ));
+        }
         if self.max_payload == 0 {
             return Err(invalid("max_payload", self.max_payload, "must be positive"));
         }
@@ -144,23 +152,23 @@ impl EngineConfig {
     }
 }
 
-enum Command {
-    Publish {
-        msg: Message,
-        reply: oneshot::Sender<Result<Receipt>>,
-    },
-    Flush {
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Close {
-        reply: oneshot::Sender<()>,
-    },
+/// A message handed to the actor (bounded channel: backpressure).
+struct Publish {
+    msg: Message,
+    reply: oneshot::Sender<Result<Receipt>>,
+}
+
+/// Requests that must get through even while intake is held back.
+enum Control {
+    Flush { reply: oneshot::Sender<Result<()>> },
+    Close { reply: oneshot::Sender<()> },
 }
 
 /// A cheap, cloneable handle on a running engine.
 #[derive(Debug, Clone)]
 pub(crate) struct Engine {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Publish>,
+    ctl: mpsc::UnboundedSender<Control>,
     state: watch::Receiver<PublisherState>,
     counters: Arc<Counters>,
     max_payload: usize,
@@ -196,13 +204,23 @@ impl Engine {
     ) -> Result<Engine> {
         cfg.validate()?;
         let (tx, rx) = mpsc::channel(cfg.window.max(cfg.spill_window).min(65_536));
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(PublisherState::Degraded);
         let counters = Counters::shared();
         let max_payload = cfg.max_payload;
-        let actor = Actor::new(cfg, transport, spill, rx, state_tx, Arc::clone(&counters));
+        let actor = Actor::new(
+            cfg,
+            transport,
+            spill,
+            rx,
+            ctl_rx,
+            state_tx,
+            Arc::clone(&counters),
+        );
         tokio::spawn(actor.run());
         Ok(Engine {
             tx,
+            ctl,
             state,
             counters,
             max_payload,
@@ -214,7 +232,7 @@ impl Engine {
         msg.validate(self.max_payload)?;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Publish { msg, reply })
+            .send(Publish { msg, reply })
             .await
             .map_err(|_| Error::Closed(self.what))?;
         Ok(PendingReceipt {
@@ -225,16 +243,15 @@ impl Engine {
 
     pub(crate) async fn flush(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Flush { reply })
-            .await
+        self.ctl
+            .send(Control::Flush { reply })
             .map_err(|_| Error::Closed(self.what))?;
         rx.await.unwrap_or(Err(Error::Closed(self.what)))
     }
 
     pub(crate) async fn close(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Close { reply }).await.is_ok() {
+        if self.ctl.send(Control::Close { reply }).is_ok() {
             let _ = rx.await;
         }
     }
@@ -511,8 +528,13 @@ struct Actor {
     cfg: EngineConfig,
     transport: Arc<dyn Transport>,
     spill: Arc<dyn Spill>,
-    rx: mpsc::Receiver<Command>,
+    rx: mpsc::Receiver<Publish>,
     rx_open: bool,
+    ctl: mpsc::UnboundedReceiver<Control>,
+    ctl_open: bool,
+    /// New messages the actor may still take while recovering: replay
+    /// confirms earn them, so the backlog shrinks even under full load.
+    credits: f64,
     state: PublisherState,
     state_tx: watch::Sender<PublisherState>,
     counters: Arc<Counters>,
@@ -538,7 +560,8 @@ impl Actor {
         cfg: EngineConfig,
         transport: Arc<dyn Transport>,
         spill: Arc<dyn Spill>,
-        rx: mpsc::Receiver<Command>,
+        rx: mpsc::Receiver<Publish>,
+        ctl: mpsc::UnboundedReceiver<Control>,
         state_tx: watch::Sender<PublisherState>,
         counters: Arc<Counters>,
     ) -> Actor {
@@ -549,6 +572,9 @@ impl Actor {
             spill,
             rx,
             rx_open: true,
+            ctl,
+            ctl_open: true,
+            credits: 0.0,
             state: PublisherState::Degraded,
             state_tx,
             counters,
@@ -606,9 +632,13 @@ impl Actor {
                 }
                 () = sleep_opt(deadline), if deadline.is_some() => self.on_timeout(),
                 () = sleep_opt(retry_at), if retry_at.is_some() => self.on_retry(),
+                ctl = self.ctl.recv(), if self.ctl_open => match ctl {
+                    Some(ctl) => self.on_control(ctl),
+                    None => self.ctl_open = false,
+                },
                 cmd = self.rx.recv(), if can_accept => match cmd {
-                    Some(cmd) => {
-                        self.on_command(cmd);
+                    Some(p) => {
+                        self.on_publish(p);
                         // Take what is queued in one go: fewer trips
                         // through `select!` at high rates.
                         for _ in 0..INTAKE_BATCH {
@@ -616,12 +646,14 @@ impl Actor {
                                 break;
                             }
                             match self.rx.try_recv() {
-                                Ok(cmd) => self.on_command(cmd),
+                                Ok(p) => self.on_publish(p),
                                 Err(_) => break,
                             }
                         }
                     }
                     None => {
+                        // Every handle is gone (or close() closed it):
+                        // nothing more can arrive.
                         self.rx_open = false;
                         self.begin_close();
                     }
@@ -634,14 +666,13 @@ impl Actor {
     // --- intake -----------------------------------------------------------
 
     fn can_accept(&self) -> bool {
-        if !self.rx_open || self.paused {
+        if !self.rx_open || (self.paused && !self.closing) {
             return false;
-        }
-        if self.closing {
-            return true; // drain and refuse what is left
         }
         if self.direct() {
             self.inflight.live < self.cfg.window
+        } else if self.state == PublisherState::Recovering && !self.closing && self.credits < 1.0 {
+            false
         } else {
             self.spill_waits.len() < self.cfg.spill_window
         }
@@ -654,25 +685,32 @@ impl Actor {
             && self.link.as_ref().is_some_and(|l| l.is_alive())
     }
 
-    fn on_command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Publish { msg, reply } => {
-                if self.closing {
-                    let _ = reply.send(Err(Error::Closed("publisher")));
-                } else if self.direct() {
-                    self.send(msg, Origin::Fresh(reply));
-                } else {
-                    self.spill_msg(&msg, SpillReason::Degraded, reply);
-                }
+    fn on_publish(&mut self, Publish { msg, reply }: Publish) {
+        if self.direct() {
+            self.send(msg, Origin::Fresh(reply));
+        } else {
+            if self.state == PublisherState::Recovering {
+                self.credits -= 1.0;
             }
-            Command::Flush { reply } => {
+            let reason = if self.closing {
+                SpillReason::Shutdown
+            } else {
+                SpillReason::Degraded
+            };
+            self.spill_msg(&msg, reason, reply);
+        }
+    }
+
+    fn on_control(&mut self, ctl: Control) {
+        match ctl {
+            Control::Flush { reply } => {
                 if self.closing {
                     let _ = reply.send(Err(Error::Closed("publisher")));
                 } else {
                     self.flushes.push(reply);
                 }
             }
-            Command::Close { reply } => {
+            Control::Close { reply } => {
                 self.closers.push(reply);
                 self.begin_close();
             }
@@ -765,6 +803,8 @@ impl Actor {
                     return; // a confirm for an aborted run: replayed again later
                 };
                 bump(&self.counters.replayed);
+                self.credits =
+                    (self.credits + self.cfg.recovery_intake).min(self.cfg.spill_window as f64);
                 metrics::counter!("mq_reliable_replayed_total", "backend" => self.transport.name())
                     .increment(1);
                 r.replayed += 1;
@@ -974,6 +1014,9 @@ impl Actor {
                     started: Instant::now(),
                     replayed: 0,
                 });
+                // A head start, so that a short recovery does not stall
+                // producers at all.
+                self.credits = self.cfg.window.min(self.cfg.spill_window) as f64;
                 self.set_state(PublisherState::Recovering);
             }
             Err(e) => {
@@ -1083,6 +1126,7 @@ impl Actor {
             && self.inflight.live == 0
             && self.spill_waits.is_empty()
             && self.replay.is_none()
+            && self.rx.is_empty()
         {
             for f in self.flushes.drain(..) {
                 let _ = f.send(Ok(()));
@@ -1096,6 +1140,8 @@ impl Actor {
         }
         info!(backend = self.backend(), "closing publisher");
         self.closing = true;
+        // What is already queued is still handled; nothing new gets in.
+        self.rx.close();
         self.retry_at = None;
         if let Some(c) = self.connecting.take() {
             c.abort();
@@ -1114,16 +1160,8 @@ impl Actor {
         self.paused = false;
     }
 
-    fn close_done(&mut self) -> bool {
-        if self.inflight.live > 0 || !self.spill_waits.is_empty() {
-            return false;
-        }
-        // Refuse whatever is still queued in the channel.
-        self.rx.close();
-        while let Ok(cmd) = self.rx.try_recv() {
-            self.on_command(cmd);
-        }
-        true
+    fn close_done(&self) -> bool {
+        !self.rx_open && self.inflight.live == 0 && self.spill_waits.is_empty()
     }
 
     fn finish_close(&mut self) {

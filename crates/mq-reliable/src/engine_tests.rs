@@ -234,6 +234,7 @@ fn cfg(window: usize) -> EngineConfig {
         checkpoint_every: 3,
         spill_window: 64,
         max_payload: 1 << 20,
+        recovery_intake: 0.5,
     }
 }
 
@@ -504,15 +505,15 @@ async fn messages_during_recovery_queue_behind_the_backlog() {
     }
     broker.with(|s| s.refuse_connects = false);
     wait_state(&e, PublisherState::Recovering).await;
-    // New messages while the replay is held up.
+    // New messages while the replay is held up: a head start of one
+    // window is taken at once, the rest as the replay makes progress.
     let mut late = Vec::new();
     for i in 6..10 {
         late.push(e.submit(msg(i)).await.unwrap());
     }
-    for r in futures_util::future::join_all(late).await {
-        assert_eq!(r.unwrap(), Receipt::Spilled(SpillReason::Degraded));
-    }
-    // Release the replay one message at a time.
+    settle().await;
+    assert_eq!(spilled_ids(&spill).len(), 6 + 2, "head start = window");
+    // Release the replay as it comes.
     while *e.state().borrow() != PublisherState::Healthy {
         settle().await;
         for id in broker.held_ids() {
@@ -520,6 +521,10 @@ async fn messages_during_recovery_queue_behind_the_backlog() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    for r in futures_util::future::join_all(late).await {
+        assert_eq!(r.unwrap(), Receipt::Spilled(SpillReason::Degraded));
+    }
+    // Behind the backlog, in order, once each.
     assert_eq!(
         broker.received(),
         (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>()

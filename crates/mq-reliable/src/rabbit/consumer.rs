@@ -454,7 +454,9 @@ where
     }
 
     /// Consumes until the connection fails (`Ok(false)`) or a shutdown
-    /// completed (`Ok(true)`).
+    /// completed (`Ok(true)`). After a failure, handlers still running
+    /// finish on their own; their acks fail and the broker redelivers
+    /// those messages to the next session.
     async fn consume(
         &self,
         (conn, channel, mut consumer): (Connection, Channel, lapin::Consumer),
@@ -463,44 +465,43 @@ where
         backoff: &mut Backoff,
     ) -> Result<bool> {
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
+        // Deliveries taken from the stream and waiting for a handler slot,
+        // in delivery order. Taking them at once keeps the unacked count
+        // the broker's (at most the prefetch).
+        let mut backlog: VecDeque<Delivery> = VecDeque::new();
         let mut first = true;
         let graceful = loop {
-            let next = tokio::select! {
+            tokio::select! {
                 biased;
                 () = stopped(stop) => break true,
-                d = consumer.next() => d,
-            };
-            match next {
-                Some(Ok(delivery)) => {
-                    if first {
-                        backoff.reset();
-                        first = false;
-                    }
-                    self.counters.hold();
-                    // Wait for a free handler slot (or a shutdown).
-                    let permit = tokio::select! {
-                        biased;
-                        () = stopped(stop) => {
-                            self.requeue(delivery).await;
-                            break true;
-                        }
-                        p = Arc::clone(&permits).acquire_owned() => p,
+                permit = Arc::clone(&permits).acquire_owned(), if !backlog.is_empty() => {
+                    let (Ok(permit), Some(delivery)) = (permit, backlog.pop_front()) else {
+                        break false;
                     };
-                    let Ok(permit) = permit else { break false };
                     let job = self.job(delivery, Arc::clone(handler));
                     tokio::spawn(async move {
                         job.await;
                         drop(permit);
                     });
                 }
-                Some(Err(e)) => {
-                    warn!(error = %e, "consumer stream failed");
-                    break false;
-                }
-                None => {
-                    warn!("consumer cancelled by the broker");
-                    break false;
-                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        if first {
+                            backoff.reset();
+                            first = false;
+                        }
+                        self.counters.hold();
+                        backlog.push_back(delivery);
+                    }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "consumer stream failed");
+                        break false;
+                    }
+                    None => {
+                        warn!("consumer cancelled by the broker");
+                        break false;
+                    }
+                },
             }
         };
         if graceful {
@@ -511,17 +512,22 @@ where
             // Deliveries that arrived but were not started go back.
             while let Some(Some(Ok(d))) = consumer.next().now_or_never() {
                 self.counters.hold();
+                backlog.push_back(d);
+            }
+            for d in backlog.drain(..) {
                 self.requeue(d).await;
             }
-        }
-        // Running handlers finish and ack (or fail to, on a dead channel:
-        // then the broker redelivers).
-        let _ = permits.acquire_many(self.cfg.concurrency as u32).await;
-        if graceful {
+            // Running handlers finish and ack.
+            let _ = permits.acquire_many(self.cfg.concurrency as u32).await;
             let _ = tokio::time::timeout(Duration::from_secs(2), channel.close(200, "bye".into()))
                 .await;
             let _ =
                 tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
+        } else {
+            // The channel is gone: the broker requeues these itself.
+            for _ in backlog.drain(..) {
+                self.counters.release();
+            }
         }
         Ok(graceful)
     }

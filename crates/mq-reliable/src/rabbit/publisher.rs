@@ -27,7 +27,7 @@ use crate::state::{PublisherState, Stats};
 use crate::topology::Topology;
 
 /// Configuration of a [`ReliablePublisher`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PublisherConfig {
     /// `amqp://user:pass@host:port/vhost`.
     pub url: String,
@@ -57,6 +57,13 @@ pub struct PublisherConfig {
     /// Largest payload accepted. Default 512 KiB (and never more than the
     /// spill log's record limit allows).
     pub max_payload: usize,
+    /// While recovering, new messages taken per replayed message (in
+    /// `[0, 1)`; default 0.5). New messages queue behind the backlog, so
+    /// their intake must stay below the replay rate for the backlog to
+    /// shrink: at 0.5 producers get a third of the broker's throughput and
+    /// the backlog drains at a third. Intake is not limited while the
+    /// broker is down.
+    pub recovery_intake: f64,
     /// The spill log.
     pub spill: SpillConfig,
     /// Shown in the broker's connection list.
@@ -76,6 +83,7 @@ impl Default for PublisherConfig {
             checkpoint_every: 1024,
             spill_window: 8192,
             max_payload: 512 << 10,
+            recovery_intake: 0.5,
             spill: SpillConfig::default(),
             connection_name: "mq-reliable publisher".into(),
         }
@@ -136,6 +144,7 @@ impl PublisherConfig {
             checkpoint_every: self.checkpoint_every,
             spill_window: self.spill_window,
             max_payload: self.max_payload,
+            recovery_intake: self.recovery_intake,
         }
     }
 }

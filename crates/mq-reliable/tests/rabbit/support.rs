@@ -159,6 +159,23 @@ pub async fn ready_count(url: &str, queue: &str) -> u32 {
     q.message_count()
 }
 
+/// Waits until `queue` holds exactly `n` ready messages (the broker
+/// applies acks, nacks and dead-lettering asynchronously).
+pub async fn wait_ready(url: &str, queue: &str, n: u32) {
+    let start = Instant::now();
+    loop {
+        let got = ready_count(url, queue).await;
+        if got == n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{queue} holds {got} messages, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Copies received per message id.
 #[derive(Clone, Default)]
 pub struct Received(pub Arc<Mutex<HashMap<String, u32>>>);
