@@ -23,7 +23,8 @@ use crate::recovery::{RecoveryReport, recover};
 use crate::storage::{DiskStorage, Storage, StorageFile};
 
 /// The id of a record: unique within a log directory (across restarts too), and increasing
-/// within each slice in append order.
+/// within each slice in append order. Slices take ids in blocks, so ids of different slices
+/// do not follow append order, and there may be gaps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RecordId(pub(crate) u64);
 
@@ -142,13 +143,31 @@ pub(crate) struct Slice {
     durable: AtomicU64,
     /// The highest record id a waiter asked to be flushed.
     demanded: AtomicU64,
+    /// The slice's block of ids: `[next, end)`, reserved from the log's counter. Touched only
+    /// under the slice lock (inside the push closure); atomics only to share the struct.
+    id_next: AtomicU64,
+    id_end: AtomicU64,
     waiters: Mutex<Vec<(u64, Waker)>>,
     signals: Arc<Signals>,
     /// For the no-thread mode, where a waiter flushes by itself.
     engine: OnceLock<Weak<Engine>>,
 }
 
+/// Ids a slice reserves at a time, so that appends do not all hit one shared counter.
+const ID_BLOCK: u64 = 256;
+
 impl Slice {
+    /// The next record id of this slice. Must be called under the slice lock.
+    fn take_id(&self, counter: &AtomicU64) -> u64 {
+        let mut id = self.id_next.load(Ordering::Relaxed);
+        if id >= self.id_end.load(Ordering::Relaxed) {
+            id = counter.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            self.id_end.store(id + ID_BLOCK, Ordering::Relaxed);
+        }
+        self.id_next.store(id + 1, Ordering::Relaxed);
+        id
+    }
+
     /// Whether record `id` of this slice is durable; an error if the log failed before it was.
     fn check(&self, id: u64) -> Option<Result<()>> {
         if self.durable.load(Ordering::Acquire) >= id {
@@ -421,6 +440,8 @@ impl SpillLog {
                     buffer: DoubleBuffer::new(config.buffer_size),
                     durable: AtomicU64::new(0),
                     demanded: AtomicU64::new(0),
+                    id_next: AtomicU64::new(0),
+                    id_end: AtomicU64::new(0),
                     waiters: Mutex::new(Vec::new()),
                     signals: Arc::clone(&signals),
                     engine: OnceLock::new(),
@@ -575,7 +596,7 @@ impl Drop for SpillLog {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// The id the next record gets.
+    /// Ids below this one have been handed out (slices reserve them in blocks).
     pub next_id: RecordId,
     /// Slices holding records not yet taken by the flusher.
     pub slices_with_pending: usize,
@@ -660,7 +681,7 @@ impl Engine {
         let push = |i: usize, mode: PushMode| {
             let slice = &self.slices[i];
             slice.buffer.push(frame, mode, |buf| {
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                let id = slice.take_id(next_id);
                 encode_record(buf, record, crc, id, slice.index);
                 (id, id)
             })
@@ -936,6 +957,8 @@ mod tests {
             buffer: DoubleBuffer::new(4096),
             durable: AtomicU64::new(0),
             demanded: AtomicU64::new(0),
+            id_next: AtomicU64::new(0),
+            id_end: AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
             signals: Arc::new(Signals {
                 bell: Mutex::new(Bell::default()),
