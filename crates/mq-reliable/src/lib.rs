@@ -14,6 +14,8 @@ mod spill;
 mod state;
 mod topology;
 
+#[cfg(feature = "kafka")]
+mod kafka;
 #[cfg(feature = "rabbitmq")]
 mod rabbit;
 
@@ -29,6 +31,8 @@ pub use spill::SpillConfig;
 pub use state::{PublisherState, Stats};
 pub use topology::{ExchangeType, Overflow, QueueKind, QueueSpec, Topology};
 
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaConfig, ReliableKafkaProducer};
 #[cfg(feature = "rabbitmq")]
 pub use rabbit::consumer::{
     ConsumerConfig, ConsumerStats, Incoming, Outcome, ReliableConsumer, Stopper,
