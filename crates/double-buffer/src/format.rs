@@ -9,14 +9,19 @@
 //! group    = magic "GRP1" | crc u32 | seq u64 | body length u32 | record count u32
 //!            record*  zero padding to a multiple of 8
 //! record   = length u32 | crc u32 | id u64 | slice u16 | flags u16 | payload
+//!
+//! checkpoint (its own file, replaced by rename)
+//!          = magic "SPILLCKP" | version u16 | 0u16 | crc u32 | segment id u64
+//!            | group offset u64 | record offset u64 | highest replayed id u64
 //! ```
 //!
-//! All integers are little-endian. Header CRCs are CRC32C over their other fields; a group's CRC
-//! starts from the segment's random salt, so that bytes inside a record's payload pass for a group
-//! header of this segment only by a 2^-32 chance (the recovery scan searches for later groups to tell a torn
-//! tail from corruption). A
-//! record's CRC is CRC32C over its payload followed by its length, id, slice and flags, so that
-//! the payload's CRC can be computed before the record id is known (outside the slice lock).
+//! All integers are little-endian. Header CRCs are CRC32C over their other fields. A group's
+//! CRC starts from the segment's random salt, so that bytes inside some record's payload pass
+//! for a group header of this segment only by a 2^-32 chance (the recovery scan searches for
+//! later groups to tell a torn tail from corruption). A record's CRC is CRC32C over its payload
+//! followed by its length, id, slice and flags, so that the payload's CRC can be computed before
+//! the record id is known, outside the slice lock.
+//!
 //! Records are never empty, so an all-zero group header — what preallocated space reads as —
 //! marks the clean end of the data.
 

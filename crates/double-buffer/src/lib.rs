@@ -42,38 +42,49 @@
 //!
 //! - **Durable when.** A record is durable — it survives a process crash, a kernel crash and a
 //!   power loss, given a disk that honours `fdatasync` — once the `fdatasync` of the segment
-//!   holding it has returned, after the segment's creation was made durable (`fsync` of the file
-//!   and of the directory). [`Ticket::wait`], `ticket.await` and [`Ticket::is_durable`] report
-//!   exactly that, and [`SpillLog::flush`] waits for it for every record appended before the call.
-//! - **Group commit.** The flusher takes every slice's pending buffer, writes them as one
-//!   *group*, syncs once, then wakes only the waiters whose records that group carried. A
-//!   waiting caller triggers a flush at once; a caller that does not wait has its record flushed
-//!   when its buffer fills or when [`Config::linger`] has passed since the buffer's first record.
-//! - **Loss window without waiting.** A record whose ticket was not waited on is lost by a crash
-//!   only if it had not been flushed: at most `linger` plus one flush (write + fsync) after it
-//!   was appended, or at most the records in `slices × 2` buffers. A process crash alone
-//!   (`SIGKILL`, panic) loses only what was still in the in-memory buffers, since written data is in
-//!   the kernel's page cache.
-//! - **Failures.** If a write or sync fails (disk full, I/O error), every waiter whose record
-//!   was not yet durable gets the error ([`Error::io_kind`] tells a full disk from the rest), and
-//!   the log refuses further appends ([`Error::Failed`]): after a failed `fsync` the state of the
-//!   page cache is unknown, so nothing is built on it. Such records were never reported durable;
-//!   they may still be found on disk after a restart (so a record may be replayed although its
-//!   writer got an error — replay is at-least-once). Segments are never deleted except behind a
-//!   committed replay checkpoint, which only ever covers durable data.
-//! - **Order.** Within a slice, records are written, recovered and replayed in append order, and
-//!   their ids increase. Across slices, a group holds one buffer per slice, slice after slice,
-//!   and groups follow each other; so records appended by different threads, or by one thread that
-//!   fell over to another slice because its own was contended, may replay out of append order.
-//!   [`SpillLog::append_keyed`] pins a key to a slice: records with the same key replay in append
-//!   order. Record ids are unique in a directory across restarts (they continue above the highest
-//!   id ever seen, even after replayed segments are deleted).
+//!   holding it has returned (the segment's creation having been made durable before: `fsync`
+//!   of the new file and of the directory). [`Ticket::wait`], `ticket.await` and
+//!   [`Ticket::is_durable`] report exactly that, and [`SpillLog::flush`] waits for it for every
+//!   record appended before the call. Nothing is reported durable earlier.
+//! - **Group commit.** The flusher takes every slice's pending buffer (swapping it out under the
+//!   slice lock, which is all it does under that lock), writes them as one *group* and syncs
+//!   once, outside every slice lock, then wakes only the waiters whose records the group
+//!   carried. Waiting on a ticket asks for a flush at once; a record nobody waits for is
+//!   flushed when its buffer fills, or [`Config::linger`] after the first record of its buffer.
+//! - **Loss window of a caller that does not wait.** Such a record is lost by a power failure
+//!   or kernel crash if it had not yet been flushed: normally that is `linger` plus at most two
+//!   flush rounds (the one running, then the one carrying it) after the append, and never more
+//!   than the contents of the `slices × 2` buffers. A crash of the process alone (`SIGKILL`, a
+//!   panic) loses only what was still in the in-memory buffers: what was written is in the
+//!   kernel's page cache and will reach the disk. Dropping the [`SpillLog`] (or
+//!   [`SpillLog::close`]) flushes everything first.
+//! - **Failures.** If a write or a sync fails (disk full, I/O error, permission denied when
+//!   creating a segment), every waiter whose record was not yet durable gets the error
+//!   ([`Error::io_kind`] tells a full disk from the rest) and the log refuses further appends
+//!   with [`Error::Failed`]: after a failed `fsync` the state of the page cache is unknown, so
+//!   nothing is built on it (reopen the directory once the cause is fixed). Records that got
+//!   an error were never reported durable, but may still be on disk after a restart.
+//! - **What may come twice.** Replay is at-least-once: records read but not yet committed are
+//!   read again after a restart, and a record whose writer got an error may be found on disk
+//!   and replayed. Record ids are unique in a directory across restarts (they continue above the
+//!   highest id ever seen, even after replayed segments are deleted), so a consumer can drop
+//!   duplicates by id.
+//! - **Order.** Within a slice, records are written, recovered and replayed in append order,
+//!   and their ids increase. Across slices, a group holds at most one buffer per slice, slice
+//!   after slice, and groups follow each other in the log; so records appended by different
+//!   threads — or by one thread that fell over to another slice because its own was contended
+//!   or full — may replay out of append order. [`SpillLog::append_keyed`] pins a key to a
+//!   slice: records with the same key replay in append order.
+//! - **Deletion.** A segment file is deleted only once a committed replay checkpoint lies
+//!   beyond it; the checkpoint only ever covers durable data. A segment whose sync failed is
+//!   therefore never deleted.
 //! - **Memory and backpressure.** Buffers take `slices × 2 × buffer_size` bytes, allocated at
-//!   open; appending allocates nothing. When the disk is slower than intake, [`SpillLog::append`]
-//!   waits for the flusher and [`SpillLog::try_append`] returns [`Error::WouldBlock`]; nothing is
-//!   dropped and nothing grows.
+//!   open; an append allocates nothing. When the disk is slower than intake,
+//!   [`SpillLog::append`] waits for the flusher and [`SpillLog::try_append`] returns
+//!   [`Error::WouldBlock`]: nothing is dropped, nothing grows.
 //! - **Bad input.** An empty record is [`Error::EmptyRecord`] (a zero length marks the end of
 //!   the data on disk); one larger than [`Config::max_record_len`] is [`Error::RecordTooLarge`].
+//!   Corrupt files are [`Error::Corrupt`], never a panic.
 //!
 //! # On disk
 //!
@@ -83,12 +94,15 @@
 //! segment id, salt); each group with a header (magic, sequence number, length, record count);
 //! each record carries its length, CRC32C, id and slice.
 //!
-//! Opening a directory ([`SpillLog::open`]) verifies every record. A write cut short by a
-//! crash — the last group, which no waiter had been told was durable — is cut off and reported
-//! ([`RecoveryReport::torn`]). Damage anywhere else (a bad checksum with valid data after it) is
-//! [`Error::Corrupt`] with the file and offset: nothing is skipped silently. Preallocated space
-//! reads as zeros, which end the scan cleanly. The `spill-log` binary (`inspect`, `verify`,
-//! `dump`) shows an operator the same.
+//! Opening a directory ([`SpillLog::open`]) verifies every record. The flusher writes a group
+//! only after the previous one was synced, so a valid group *after* damaged bytes proves that
+//! the damage hit synced data: that is [`Error::Corrupt`], with the file and offset, and
+//! nothing is skipped silently. Damage with nothing valid after it is the group that was being
+//! written when the machine died — none of its records had been reported durable — and is cut
+//! and reported ([`RecoveryReport::torn`]). (A last group that was synced and then rotted
+//! looks the same and is cut the same way: the report shows it.) Preallocated space reads as
+//! zeros, which end the scan cleanly. New records always go to a new segment. The `spill-log`
+//! binary (`inspect`, `verify`, `dump`) shows an operator the same, without changing anything.
 //!
 //! # Storage
 //!
