@@ -183,7 +183,10 @@ where
             metrics.tracked_keys.clone(),
             metrics.key_overflow.clone(),
         )?;
-        let local = cfg.local.as_ref().map(|l| LocalCache::new(l, &cfg.name));
+        let local = cfg
+            .local
+            .as_ref()
+            .map(|l| LocalCache::new(l, cfg.big_values.max_bytes));
         let negative = cfg.loader.negative_ttl.map(|_| {
             Cache::builder()
                 .max_capacity(cfg.loader.negative_capacity)
@@ -222,6 +225,13 @@ impl ProtectedCache<DefaultClock> {
     pub fn builder(cfg: Config) -> Builder<DefaultClock> {
         Builder::new(cfg)
     }
+
+    /// The size-checked read script `get` runs (`STRLEN`, then `GET` only
+    /// if small enough), for operators who look for its SHA1 in `SLOWLOG`
+    /// and for benchmarks that run it raw.
+    pub fn read_script() -> &'static redis::Script {
+        guard::string_script()
+    }
 }
 
 impl<C> ProtectedCache<C>
@@ -236,10 +246,20 @@ where
         let key = key.as_ref();
         self.check_key(key)?;
         let hot = self.inner.hot.is_hot(key);
-        match &self.inner.local {
-            Some(local) if hot => self.get_hot(local, key).await,
-            _ => self.read_remote(key, hot).await,
+        // The local fast path stays synchronous and the slow paths are
+        // boxed, so the future a hit builds (and moves) is small.
+        if let (true, Some(local)) = (hot, &self.inner.local) {
+            let counters = &self.inner.metrics.local;
+            return match local.read(key, self.inner.time.now_nanos()) {
+                LocalRead::Fresh(value)
+                | LocalRead::Stale {
+                    value,
+                    refresh: None,
+                } => Ok(served_locally(counters, value)),
+                slow => Box::pin(self.get_hot(local, key, slow)).await,
+            };
         }
+        Box::pin(self.read_remote(key, hot)).await
     }
 
     /// Reads a value, loading it from the source of truth on a miss.
@@ -422,17 +442,13 @@ where
         &self.inner.cfg
     }
 
-    /// The SHA1 of the size-checked read script, for operators who want to
-    /// find its calls in `INFO commandstats` or `SLOWLOG`.
-    pub fn read_script_sha1() -> &'static str {
-        guard::string_script_hash()
-    }
-
     // ---- reads ------------------------------------------------------------
 
-    async fn get_hot(&self, local: &LocalCache, key: &[u8]) -> Result<Lookup> {
+    /// A hot key whose local copy is stale (this caller refreshes it) or
+    /// absent (one caller per key fetches it, the others wait).
+    async fn get_hot(&self, local: &LocalCache, key: &[u8], read: LocalRead) -> Result<Lookup> {
         let counters = &self.inner.metrics.local;
-        match local.read(key, self.inner.time.now_nanos()) {
+        match read {
             LocalRead::Fresh(value) => Ok(served_locally(counters, value)),
             LocalRead::Stale {
                 value,
@@ -489,7 +505,12 @@ where
         let mut conn = self.inner.conn.handle();
         let res = tokio::time::timeout(
             self.inner.cfg.call_timeout,
-            guard::read_string(&mut conn, key, max),
+            guard::read_string(
+                &mut conn,
+                key,
+                max,
+                self.inner.cfg.big_values.read_probe_bytes,
+            ),
         )
         .await;
         let guarded = match self.settle(permit, "GET", key, res)? {

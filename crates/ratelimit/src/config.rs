@@ -271,6 +271,13 @@ pub struct BigValueConfig {
     pub warn_bytes: u64,
     /// Collections with more elements are not transferred.
     pub max_elements: u64,
+    /// String reads first fetch at most this many bytes with plain
+    /// commands (`GETRANGE` + `EXISTS`, about the cost of a `GET`); only a
+    /// longer value is measured and read by the atomic Lua script (~5 µs
+    /// of Redis CPU per call). So a read transfers at most
+    /// `read_probe_bytes + 1` bytes of a value above `max_bytes`. `0`
+    /// always uses the script: not one byte of such a value is sent.
+    pub read_probe_bytes: u64,
 }
 
 impl Default for BigValueConfig {
@@ -279,6 +286,7 @@ impl Default for BigValueConfig {
             max_bytes: 1024 * 1024,
             warn_bytes: 256 * 1024,
             max_elements: 10_000,
+            read_probe_bytes: 16 * 1024,
         }
     }
 }
@@ -503,6 +511,13 @@ impl Config {
             return Err(config(
                 "big_values.warn_bytes",
                 big.warn_bytes,
+                "must not exceed max_bytes",
+            ));
+        }
+        if big.read_probe_bytes > big.max_bytes {
+            return Err(config(
+                "big_values.read_probe_bytes",
+                big.read_probe_bytes,
                 "must not exceed max_bytes",
             ));
         }

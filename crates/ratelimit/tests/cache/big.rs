@@ -31,10 +31,22 @@ async fn a_64_mib_value_is_refused_without_being_read() {
     let limit = cache.config().big_values.max_bytes;
     assert_eq!(limit, MIB);
 
-    // Load the scripts first, so the counts below are of calls only.
-    let absent = unique_key("absent");
-    assert_eq!(cache.get(&absent).await.unwrap(), Lookup::Miss);
-    assert_eq!(cache.size(&absent).await.unwrap(), Lookup::Miss);
+    // Load the scripts first, so the counts below are of calls only (an
+    // empty string is one of the values the probe leaves to the script).
+    let empty = unique_key("empty");
+    let _: () = redis::cmd("SET")
+        .arg(&empty)
+        .arg("")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        cache.get(&empty).await.unwrap(),
+        Lookup::Hit(Default::default())
+    );
+    assert_eq!(
+        cache.size(unique_key("absent")).await.unwrap(),
+        Lookup::Miss
+    );
 
     let sent_before = server.stat("total_net_output_bytes");
     let scripts_before = server.command_calls("evalsha");
@@ -54,9 +66,10 @@ async fn a_64_mib_value_is_refused_without_being_read() {
         sent < 64 * 1024,
         "{sent} bytes left the server for a refused value"
     );
-    // The verdict is remembered: one guarded read, then no more round trips
-    // (the other call is the size script).
+    // The verdict is remembered: one guarded read (the probe, then the
+    // script), then no more round trips; the other script call is `size`.
     assert_eq!(server.command_calls("evalsha") - scripts_before, 2);
+    assert!(sent <= cache.config().big_values.read_probe_bytes + 4096);
 
     // A 64 MiB write is refused before anything is sent.
     let received_before = server.stat("total_net_input_bytes");
@@ -89,10 +102,18 @@ async fn a_64_mib_value_is_refused_without_being_read() {
 }
 
 /// A writer keeps flipping a key between a small value and an 8 MiB one
-/// while readers read it: the size check and the read are one atomic
-/// script, so no read ever carries the big value.
+/// while readers read it. The probe is bounded and the size check and the
+/// read of the script are one atomic step, so no read ever carries the big
+/// value: with the probe on, a read sends at most `probe + 1` bytes of it;
+/// with the probe off, none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_racing_writer_cannot_make_a_read_pull_a_big_value() {
+    for probe in [1024, 0] {
+        racing_writer(probe).await;
+    }
+}
+
+async fn racing_writer(probe: u64) {
     let server = PrivateRedis::start();
     let url = server.url();
     let key = unique_key("bigrace");
@@ -103,6 +124,7 @@ async fn a_racing_writer_cannot_make_a_read_pull_a_big_value() {
         max_bytes: 4096,
         warn_bytes: 2048,
         max_elements: 100,
+        read_probe_bytes: probe,
     };
     let cache = ProtectedCache::builder(cfg)
         .clock(clock.clone())
@@ -134,8 +156,9 @@ async fn a_racing_writer_cannot_make_a_read_pull_a_big_value() {
         })
     };
     let sent_before = server.stat("total_net_output_bytes");
-    let (mut small, mut big) = (0u32, 0u32);
-    for _ in 0..300 {
+    let (mut small, mut big) = (0u64, 0u64);
+    let reads = 300;
+    for _ in 0..reads {
         clock.advance(Duration::from_secs(2)); // forget the too-large verdict
         match cache.get(&key).await.unwrap() {
             Lookup::Hit(v) => {
@@ -157,9 +180,13 @@ async fn a_racing_writer_cannot_make_a_read_pull_a_big_value() {
         flips > 0 && small + big > 0,
         "flips {flips}, small {small}, big {big}"
     );
-    // 300 reads of at most a few dozen bytes each, plus the writer's short
-    // replies: nowhere near one 8 MiB value.
-    assert!(sent < 2 * MIB, "{sent} bytes left the server");
+    // Each read sends at most the probe plus a few dozen bytes of framing;
+    // the writer's replies are a few bytes each.
+    let bound = reads * (probe + 128) + u64::from(flips) * 16 + 64 * 1024;
+    assert!(
+        sent < bound,
+        "probe {probe}: {sent} bytes left the server, bound {bound}"
+    );
 }
 
 #[tokio::test]
