@@ -5,6 +5,7 @@
 
 mod support;
 
+mod cli;
 mod consumer;
 mod crash;
 mod faults;
