@@ -91,16 +91,59 @@ pub struct DetectorStats {
     pub memory_bytes: usize,
 }
 
+/// Keys up to this long are stored inside the candidate (no pointer to
+/// chase on the hot path); longer ones on the heap.
+const INLINE_KEY: usize = 32;
+
+enum KeyBytes {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+impl KeyBytes {
+    fn new(key: &[u8]) -> Self {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            KeyBytes::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            KeyBytes::Heap(key.into())
+        }
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            KeyBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            KeyBytes::Heap(b) => b,
+        }
+    }
+}
+
+/// A key with an exact window. Field order keeps what a read touches
+/// (hash, key, flag, ring) together.
 struct Candidate {
-    key: Box<[u8]>,
     hash: u64,
-    ring: BucketRing,
+    key: KeyBytes,
     hot: AtomicBool,
+    ring: BucketRing,
 }
 
 impl Candidate {
+    #[inline]
+    fn is(&self, hash: u64, key: &[u8]) -> bool {
+        self.hash == hash && self.key.as_slice() == key
+    }
+
     fn memory_bytes(&self) -> usize {
-        size_of::<Self>() + 16 + self.key.len() + self.ring.memory_bytes()
+        let heap_key = match &self.key {
+            KeyBytes::Inline { .. } => 0,
+            KeyBytes::Heap(b) => b.len(),
+        };
+        size_of::<Self>() + 16 + heap_key + self.ring.heap_bytes()
     }
 }
 
@@ -253,12 +296,12 @@ impl Detector {
         let shard = &rc.shards[(hash >> SHARD_SHIFT) as usize];
         {
             let table = shard.read();
-            if let Some(c) = table.find(table_hash(hash), |c| *c.key == *key) {
+            if let Some(c) = table.find(table_hash(hash), |c| c.is(hash, key)) {
                 c.ring.add(n, now_ms);
                 if !c.hot.load(Ordering::Relaxed) {
-                    let c = Arc::clone(c);
-                    drop(table);
-                    self.check_hot(rc, &c, now_ms);
+                    // Under the read lock: no reference-count traffic on the
+                    // hot path (lock order: shard, then the hot registry).
+                    self.check_hot(rc, c, now_ms);
                 }
                 return;
             }
@@ -279,7 +322,7 @@ impl Detector {
         let shard = &rc.shards[(hash >> SHARD_SHIFT) as usize];
         let mut table = shard.write();
         let th = table_hash(hash);
-        if let Some(c) = table.find(th, |c| *c.key == *key) {
+        if let Some(c) = table.find(th, |c| c.is(hash, key)) {
             // Promoted by another thread meanwhile.
             c.ring.add(n, now_ms);
             let c = Arc::clone(c);
@@ -313,7 +356,7 @@ impl Detector {
             }
         }
         let c = Arc::new(Candidate {
-            key: key.into(),
+            key: KeyBytes::new(key),
             hash,
             ring: BucketRing::new(rc.rule.buckets, rc.bucket_ms),
             hot: AtomicBool::new(false),
@@ -334,7 +377,7 @@ impl Detector {
                 .is_ok()
         {
             let event = HotKey {
-                key: c.key.to_vec(),
+                key: c.key.as_slice().to_vec(),
                 rate: sum,
                 rule: rc.rule.name.clone(),
                 detected_at_ms: now_ms,
@@ -456,7 +499,7 @@ impl Detector {
         let rc = self.rules.iter().find(|r| r.rule.pattern.matches(key))?;
         let hash = self.hasher.hash_one(key);
         let table = rc.shards[(hash >> SHARD_SHIFT) as usize].read();
-        Some(match table.find(table_hash(hash), |c| *c.key == *key) {
+        Some(match table.find(table_hash(hash), |c| c.is(hash, key)) {
             Some(c) => c.ring.sum(now_ms),
             None => rc.sketch.estimate(hash, now_ms),
         })

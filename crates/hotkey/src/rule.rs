@@ -19,9 +19,10 @@ pub enum KeyPattern {
 impl KeyPattern {
     /// Whether `key` matches.
     #[must_use]
+    #[inline]
     pub fn matches(&self, key: &[u8]) -> bool {
         match self {
-            KeyPattern::Prefix(p) => key.starts_with(p),
+            KeyPattern::Prefix(p) => p.is_empty() || key.starts_with(p),
             KeyPattern::Glob(g) => glob_match(g, key),
         }
     }

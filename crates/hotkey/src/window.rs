@@ -14,29 +14,56 @@ const COUNT_MASK: u64 = 0xFFFF_FFFF;
 /// bucket: counts may move later in time, never earlier, so a window sum
 /// never under-reports what was added inside the window.
 pub(crate) struct BucketRing {
-    slots: Box<[AtomicU64]>,
+    slots: Slots,
     bucket_ms: u64,
+}
+
+/// Rings of up to `INLINE` buckets (the default rule has 10) live inside
+/// the candidate, with no pointer to chase; longer ones on the heap.
+const INLINE: usize = 12;
+
+enum Slots {
+    Inline { len: u8, slots: [AtomicU64; INLINE] },
+    Heap(Box<[AtomicU64]>),
 }
 
 impl BucketRing {
     pub(crate) fn new(buckets: u32, bucket_ms: u64) -> Self {
         debug_assert!(buckets > 0 && bucket_ms > 0);
-        BucketRing {
-            slots: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
-            bucket_ms,
+        let slots = if buckets as usize <= INLINE {
+            Slots::Inline {
+                len: buckets as u8,
+                slots: Default::default(),
+            }
+        } else {
+            Slots::Heap((0..buckets).map(|_| AtomicU64::new(0)).collect())
+        };
+        BucketRing { slots, bucket_ms }
+    }
+
+    #[inline]
+    fn slots(&self) -> &[AtomicU64] {
+        match &self.slots {
+            Slots::Inline { len, slots } => &slots[..usize::from(*len)],
+            Slots::Heap(s) => s,
         }
     }
 
-    pub(crate) fn memory_bytes(&self) -> usize {
-        self.slots.len() * 8
+    /// Bytes held outside the ring itself.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match &self.slots {
+            Slots::Inline { .. } => 0,
+            Slots::Heap(s) => s.len() * 8,
+        }
     }
 
     #[inline]
     fn locate(&self, now_ms: u64) -> (u32, &AtomicU64) {
         let bucket = now_ms / self.bucket_ms;
+        let slots = self.slots();
         (
             bucket as u32,
-            &self.slots[(bucket % self.slots.len() as u64) as usize],
+            &slots[(bucket % slots.len() as u64) as usize],
         )
     }
 
@@ -72,15 +99,16 @@ impl BucketRing {
     #[inline]
     fn is_current(&self, bucket: u32, slot: u64) -> bool {
         let ahead = ((slot >> 32) as u32).wrapping_sub(bucket);
-        (ahead as usize) < self.slots.len()
+        (ahead as usize) < self.slots().len()
     }
 
     /// The count in the window that ends in the bucket holding `now_ms`.
     #[inline]
     pub(crate) fn sum(&self, now_ms: u64) -> u64 {
         let bucket = (now_ms / self.bucket_ms) as u32;
-        let len = self.slots.len() as u32;
-        self.slots
+        let slots = self.slots();
+        let len = slots.len() as u32;
+        slots
             .iter()
             .map(|s| {
                 let v = s.load(Ordering::Relaxed);
