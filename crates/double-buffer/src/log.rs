@@ -411,7 +411,8 @@ impl Future for Durable {
 
 impl SpillLog {
     /// Opens (or creates) the log in `dir`, recovering what is there: see [`RecoveryReport`].
-    /// The directory is locked until the log is closed or dropped.
+    /// The directory is locked until the log — and its [`Replay`](crate::Replay) reader, if one
+    /// is open — is closed or dropped.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<(SpillLog, RecoveryReport)> {
         config.validate()?;
         let storage = DiskStorage::open(dir)?;
@@ -970,6 +971,16 @@ mod tests {
             }),
             engine: OnceLock::new(),
         }
+    }
+
+    #[test]
+    fn handles_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<SpillLog>();
+        send_sync::<Ticket>();
+        send::<Durable>();
+        send::<crate::Replay>();
     }
 
     #[test]

@@ -152,15 +152,7 @@ impl MemStorage {
                 f.durable = f.data.clone();
             }
         }
-        MemStorage {
-            inner: Arc::new(Mutex::new(MemState {
-                next_file: st.next_file,
-                names: st.durable_names.clone(),
-                durable_names: st.durable_names.clone(),
-                files,
-                ..MemState::default()
-            })),
-        }
+        MemStorage::image(st.next_file, st.durable_names.clone(), files)
     }
 
     /// The directory as it stands, every write and name kept: what the kernel leaves when only
@@ -180,11 +172,20 @@ impl MemStorage {
                 )
             })
             .collect();
+        MemStorage::image(st.next_file, st.names.clone(), files)
+    }
+
+    /// A directory after a crash: these names and files, all durable, no faults.
+    fn image(
+        next_file: u64,
+        names: BTreeMap<String, u64>,
+        files: HashMap<u64, MemFile>,
+    ) -> MemStorage {
         MemStorage {
             inner: Arc::new(Mutex::new(MemState {
-                next_file: st.next_file,
-                names: st.names.clone(),
-                durable_names: st.names.clone(),
+                next_file,
+                durable_names: names.clone(),
+                names,
                 files,
                 ..MemState::default()
             })),
