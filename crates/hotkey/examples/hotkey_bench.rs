@@ -14,7 +14,6 @@
 #[path = "../tests/support/workload.rs"]
 mod workload;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +22,7 @@ use dashmap::DashMap;
 use hotkey::zookeeper_client::Client;
 use hotkey::{
     Clock, CoarseClock, Config, Detector, DigestCredentials, Event, HotKey, HotKeySet, ManualClock,
-    Rule, SyncOutcome, ZkConfig, ZkPublisher,
+    SyncOutcome, ZkConfig, ZkPublisher,
 };
 use rand::{Rng, SeedableRng};
 
@@ -74,9 +73,9 @@ fn main() {
         Params {
             smoke,
             run_for: Duration::from_millis(200),
-            samples: 1 << 18,
-            mem_keys: 200_000,
-            naive_mem_keys: 200_000,
+            samples: 1 << 16,
+            mem_keys: 50_000,
+            naive_mem_keys: 50_000,
             watch_trials: 5,
             detect_trials: 3,
         }
@@ -99,8 +98,9 @@ fn main() {
     eprintln!("running ({}):", if smoke { "smoke" } else { "full" });
 
     // Throughput.
-    let u64_keys = zipf_keys(p.samples, 1_000_000, 1.0, 8);
-    let str_keys = zipf_keys(p.samples, 1_000_000, 1.0, 32);
+    let ranks = if p.smoke { 50_000 } else { 1_000_000 };
+    let u64_keys = zipf_keys(p.samples, ranks, 1.0, 8);
+    let str_keys = zipf_keys(p.samples, ranks, 1.0, 32);
     let mut record_u64 = 0.0f64;
     let mut record_str = 0.0f64;
     for (name, keys) in [("u64", &u64_keys), ("str32", &str_keys)] {
@@ -172,7 +172,7 @@ fn main() {
     let mut fpr = 0.0f64;
     for s in [1.0, 1.2] {
         let top = if s == 1.0 { 200_000.0 } else { 600_000.0 };
-        let distinct = if p.smoke { 100_000 } else { 1_000_000 };
+        let distinct = if p.smoke { 20_000 } else { 1_000_000 };
         let w = workload::Workload::zipf(s, distinct, top, 20, 100, 10);
         let (r, f, grey) = accuracy(&w);
         row(
@@ -604,27 +604,7 @@ async fn watch_delay(trials: usize) -> (f64, f64) {
 /// Recall, false-positive rate and the number of keys between half the
 /// threshold and the threshold that were reported.
 fn accuracy(w: &workload::Workload) -> (f64, f64, usize) {
-    let start = 1_700_000_000_000u64;
-    let cfg = Config {
-        rules: vec![Rule::default()],
-        hash_seed: Some(42),
-        ..Config::default()
-    };
-    let d = Detector::with_clock(cfg, Arc::new(ManualClock::new(start))).unwrap();
-    let mut reported = HashSet::new();
-    workload::drive(
-        w,
-        start,
-        |k, n, now| d.record_at(k, n, now),
-        |now| {
-            d.tick_at(now);
-            for e in d.drain_events() {
-                if let Event::Hot(h) = e {
-                    reported.insert(h.key);
-                }
-            }
-        },
-    );
+    let (reported, _) = workload::detect(w, 1_700_000_000_000);
     let s = workload::score(&w.truth(), &reported, 1000);
     (s.recall(), s.false_positive_rate(), s.grey_reported)
 }

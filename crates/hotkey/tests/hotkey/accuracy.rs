@@ -2,9 +2,6 @@
 //! reported, no key below half of it is, uniform traffic reports nothing.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-
-use hotkey::{Config, Detector, Event, ManualClock, Rule};
 
 use crate::workload::{self, Workload};
 
@@ -12,27 +9,7 @@ const T: u64 = 1000;
 const START: u64 = 1_700_000_000_000;
 
 fn run(w: &Workload) -> (HashSet<Vec<u8>>, hotkey::DetectorStats) {
-    let cfg = Config {
-        rules: vec![Rule::default()],
-        hash_seed: Some(42),
-        ..Config::default()
-    };
-    let d = Detector::with_clock(cfg, Arc::new(ManualClock::new(START))).unwrap();
-    let mut reported = HashSet::new();
-    workload::drive(
-        w,
-        START,
-        |k, n, now| d.record_at(k, n, now),
-        |now| {
-            d.tick_at(now);
-            for e in d.drain_events() {
-                if let Event::Hot(h) = e {
-                    reported.insert(h.key);
-                }
-            }
-        },
-    );
-    (reported, d.stats())
+    workload::detect(w, START)
 }
 
 fn plant(w: &mut Workload) {

@@ -11,6 +11,8 @@ use hotkey::{
     SourceConfig,
 };
 
+use crate::wait_until;
+
 const START: u64 = 1_700_000_000_000;
 
 fn detector(clock: &ManualClock) -> Arc<Detector> {
@@ -52,17 +54,6 @@ fn source(brokers: &str, topic: &str, detector: &Arc<Detector>) -> KafkaSource {
         ..SourceConfig::default()
     };
     KafkaSource::new(cfg, Arc::clone(detector)).unwrap()
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn hot_keys(d: &Detector) -> Vec<Vec<u8>> {

@@ -7,3 +7,17 @@ mod accuracy;
 mod kafka;
 mod scan;
 mod zk;
+
+use std::time::Duration;
+
+/// Polls `cond` every 10 ms until it holds; fails the test after `timeout`.
+async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -11,6 +11,8 @@ use hotkey::{
 };
 use testkit::{FaultProxy, Service};
 
+use crate::wait_until;
+
 fn zk_addr() -> String {
     testkit::require(Service::ZooKeeper);
     Service::ZooKeeper.addr().unwrap().to_string()
@@ -44,23 +46,25 @@ fn watch_cfg(cfg: &ZkConfig, connect: &str) -> ZkConfig {
     }
 }
 
+/// A detector with a small sketch and one rule.
+fn small_detector(clock: &ManualClock, threshold: u64, cooldown: Duration) -> Arc<Detector> {
+    let rule = Rule::default()
+        .with_threshold(threshold)
+        .with_cooldown(cooldown);
+    let cfg = Config {
+        rules: vec![rule],
+        sketch_bytes: 1 << 16,
+        ..Config::default()
+    };
+    Arc::new(Detector::with_clock(cfg, Arc::new(clock.clone())).unwrap())
+}
+
 fn hot(key: &[u8]) -> HotKey {
     HotKey {
         key: key.to_vec(),
         rate: 1001,
         rule: "default".into(),
         detected_at_ms: 1,
-    }
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -89,20 +93,7 @@ async fn published_key_reaches_every_watcher_and_leaves_after_cooldown() {
     let addr = zk_addr();
     let cfg = config("cooldown", &addr);
     let clock = ManualClock::new(1_700_000_000_000);
-    let rule = Rule::default()
-        .with_threshold(10)
-        .with_cooldown(Duration::from_millis(500));
-    let detector = Arc::new(
-        Detector::with_clock(
-            Config {
-                rules: vec![rule],
-                sketch_bytes: 1 << 16,
-                ..Config::default()
-            },
-            Arc::new(clock.clone()),
-        )
-        .unwrap(),
-    );
+    let detector = small_detector(&clock, 10, Duration::from_millis(500));
     let publisher = ZkPublisher::connect(cfg.clone())
         .await
         .unwrap()
@@ -352,20 +343,7 @@ async fn watcher_and_publisher_recover_from_session_expiry() {
     let watch_proxy = FaultProxy::start(Service::ZooKeeper.addr().unwrap()).unwrap();
     let pub_proxy = FaultProxy::start(Service::ZooKeeper.addr().unwrap()).unwrap();
     let clock = ManualClock::new(1_700_000_000_000);
-    let rule = Rule::default()
-        .with_threshold(5)
-        .with_cooldown(Duration::ZERO);
-    let detector = Arc::new(
-        Detector::with_clock(
-            Config {
-                rules: vec![rule],
-                sketch_bytes: 1 << 16,
-                ..Config::default()
-            },
-            Arc::new(clock.clone()),
-        )
-        .unwrap(),
-    );
+    let detector = small_detector(&clock, 5, Duration::ZERO);
     let pub_cfg = ZkConfig {
         connect: pub_proxy.addr().to_string(),
         ..cfg.clone()

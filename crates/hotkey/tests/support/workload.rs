@@ -231,3 +231,34 @@ pub fn drive(
     }
     tick(start_ms + w.buckets * w.bucket_ms);
 }
+
+/// Runs `w` through a detector with the default rule (fixed seed) and
+/// returns the keys it reported hot, with its final stats.
+pub fn detect(
+    w: &Workload,
+    start_ms: u64,
+) -> (std::collections::HashSet<Vec<u8>>, hotkey::DetectorStats) {
+    use hotkey::{Config, Detector, Event, ManualClock, Rule};
+    let cfg = Config {
+        rules: vec![Rule::default()],
+        hash_seed: Some(42),
+        ..Config::default()
+    };
+    let d = Detector::with_clock(cfg, std::sync::Arc::new(ManualClock::new(start_ms)))
+        .expect("valid config");
+    let mut reported = std::collections::HashSet::new();
+    drive(
+        w,
+        start_ms,
+        |k, n, now| d.record_at(k, n, now),
+        |now| {
+            d.tick_at(now);
+            for e in d.drain_events() {
+                if let Event::Hot(h) = e {
+                    reported.insert(h.key);
+                }
+            }
+        },
+    );
+    (reported, d.stats())
+}
