@@ -360,6 +360,13 @@ impl ZkPublisher {
         }
     }
 
+    /// When the last write transaction was sent (the coalescing interval
+    /// counts from there).
+    #[must_use]
+    pub fn last_write_sent(&self) -> Option<Instant> {
+        self.last_write
+    }
+
     /// The keys believed published, sorted.
     #[must_use]
     pub fn published(&self) -> Vec<Vec<u8>> {
