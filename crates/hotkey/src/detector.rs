@@ -325,9 +325,7 @@ impl Detector {
         if let Some(c) = table.find(th, |c| c.is(hash, key)) {
             // Promoted by another thread meanwhile.
             c.ring.add(n, now_ms);
-            let c = Arc::clone(c);
-            drop(table);
-            self.check_hot(rc, &c, now_ms);
+            self.check_hot(rc, c, now_ms);
             return;
         }
         if table.len() >= rc.shard_cap {
@@ -337,12 +335,12 @@ impl Detector {
             let victim = table
                 .iter()
                 .filter(|c| !c.hot.load(Ordering::Relaxed))
-                .map(|c| (c.ring.sum(now_ms), c.hash, Arc::clone(c)))
+                .map(|c| (c.ring.sum(now_ms), c.hash, Arc::as_ptr(c)))
                 .min_by_key(|(sum, _, _)| *sum);
             match victim {
-                Some((sum, vhash, victim)) if sum < seed + n => {
-                    if let Ok(entry) =
-                        table.find_entry(table_hash(vhash), |c| Arc::ptr_eq(c, &victim))
+                Some((sum, vhash, victim)) if sum < seed.saturating_add(n) => {
+                    if let Ok(entry) = table
+                        .find_entry(table_hash(vhash), |c| std::ptr::eq(Arc::as_ptr(c), victim))
                     {
                         entry.remove();
                     }
@@ -350,6 +348,9 @@ impl Detector {
                     self.evictions.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {
+                    // No room: the read stays in the sketch, which remains
+                    // an upper bound for the key.
+                    rc.sketch.add(hash, n, now_ms);
                     self.rejected.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -363,8 +364,9 @@ impl Detector {
         });
         c.ring.add(seed.saturating_add(n), now_ms);
         table.insert_unique(th, Arc::clone(&c), |c| table_hash(c.hash));
-        drop(table);
         self.promotions.fetch_add(1, Ordering::Relaxed);
+        // Still under the write lock, so that no other promotion can evict
+        // the candidate between this check and its registration as hot.
         self.check_hot(rc, &c, now_ms);
     }
 
@@ -744,6 +746,31 @@ mod tests {
         );
         d.tick_at(5_000);
         assert_eq!(d.stats().candidates, 0, "idle candidates are dropped");
+    }
+
+    #[test]
+    fn a_full_candidate_table_keeps_counting_in_the_sketch() {
+        // One candidate per shard, each soon hot (so not evictable): most
+        // keys are refused a window, yet their counts are never lost.
+        let cfg = Config {
+            rules: vec![Rule::default().with_threshold(8)],
+            max_candidates: 1,
+            sketch_bytes: 1 << 20,
+            hash_seed: Some(9),
+            ..Config::default()
+        };
+        let d = Detector::with_clock(cfg, Arc::new(ManualClock::new(0))).unwrap();
+        for k in 0..400u32 {
+            for _ in 0..9 {
+                d.record_at(&k.to_le_bytes(), 1, 5);
+            }
+        }
+        let s = d.stats();
+        assert!(s.candidates <= SHARDS && s.rejected_promotions > 0, "{s:?}");
+        assert_eq!(s.hot, s.candidates);
+        for k in 0..400u32 {
+            assert!(d.estimate_at(&k.to_le_bytes(), 5).unwrap() >= 9, "key {k}");
+        }
     }
 
     #[test]
