@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
@@ -643,5 +644,63 @@ impl SourceStatsReader {
     #[must_use]
     pub fn get(&self) -> SourceStats {
         source_stats(&self.shared)
+    }
+}
+
+/// librdkafka's embedded mock cluster with the report topic created: the
+/// default for tests, demos and single-host set-ups with no Kafka to hand.
+/// Give [`brokers`](Self::brokers) to [`ReporterConfig`] and
+/// [`SourceConfig`]; the cluster lives as long as this value (in this
+/// process only).
+pub struct EmbeddedKafka {
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    topic: String,
+}
+
+impl fmt::Debug for EmbeddedKafka {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedKafka")
+            .field("brokers", &self.brokers())
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl EmbeddedKafka {
+    /// Starts a one-broker mock cluster with `topic` of `partitions`.
+    pub fn start(topic: &str, partitions: i32) -> Result<Self> {
+        if !(1..=1024).contains(&partitions) {
+            return Err(Error::config(
+                "partitions",
+                partitions,
+                "must be in 1..=1024",
+            ));
+        }
+        let cluster = MockCluster::new(1).map_err(kafka_err("start mock cluster", topic))?;
+        cluster
+            .create_topic(topic, partitions, 1)
+            .map_err(kafka_err("create topic", topic))?;
+        Ok(EmbeddedKafka {
+            cluster,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// The `bootstrap.servers` string of the cluster.
+    #[must_use]
+    pub fn brokers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// The report topic.
+    #[must_use]
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The underlying mock cluster (to inject faults in tests).
+    #[must_use]
+    pub fn cluster(&self) -> &MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+        &self.cluster
     }
 }

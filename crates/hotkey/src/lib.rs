@@ -16,7 +16,8 @@
 //! * Sources: in-process (an instance calls [`Detector::record`]) or
 //!   distributed: each instance aggregates its reads in a [`KafkaReporter`]
 //!   that sends counts every 100 ms, and the detector consumes them with a
-//!   [`KafkaSource`] (feature `kafka`).
+//!   [`KafkaSource`] (feature `kafka`). [`EmbeddedKafka`] runs librdkafka's
+//!   mock cluster in-process for tests, demos and single-host set-ups.
 //! * [`ZkPublisher`] writes the hot set under `<root>/<app>`, one znode per
 //!   key, coalesced to at most one transaction per 100 ms, with digest ACLs
 //!   (feature `zookeeper`; layout and session-loss behaviour in its docs).
@@ -128,8 +129,8 @@ pub use error::{Error, Result};
 pub use hotset::{HotKeySet, HotKeySetUpdater, HotKeySnapshot, SetChange};
 #[cfg(feature = "kafka")]
 pub use kafka::{
-    KafkaReporter, KafkaSource, ReporterConfig, ReporterStats, SourceConfig, SourceStats,
-    SourceStatsReader, TaskHandle,
+    EmbeddedKafka, KafkaReporter, KafkaSource, ReporterConfig, ReporterStats, SourceConfig,
+    SourceStats, SourceStatsReader, TaskHandle,
 };
 #[cfg(feature = "kafka")]
 pub use rdkafka;

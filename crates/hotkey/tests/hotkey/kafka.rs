@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hotkey::EmbeddedKafka;
 use hotkey::rdkafka::ClientConfig;
 use hotkey::rdkafka::mocking::MockCluster;
 use hotkey::rdkafka::producer::{FutureProducer, FutureRecord};
@@ -71,10 +72,8 @@ fn hot_keys(d: &Detector) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_hot_only_across_instances_is_detected() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let topic = topic("across");
-    cluster.create_topic(&topic, 4, 1).unwrap();
+    let kafka = EmbeddedKafka::start(&topic("across"), 4).unwrap();
+    let (brokers, topic) = (kafka.brokers(), kafka.topic().to_owned());
     let clock = ManualClock::new(START);
     let detector = detector(&clock);
     let (source_task, stats) = source(&brokers, &topic, &detector).spawn();
@@ -108,10 +107,8 @@ async fn a_key_hot_only_across_instances_is_detected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_survive_a_broker_outage() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let topic = topic("outage");
-    cluster.create_topic(&topic, 2, 1).unwrap();
+    let kafka = EmbeddedKafka::start(&topic("outage"), 2).unwrap();
+    let (brokers, topic, cluster) = (kafka.brokers(), kafka.topic().to_owned(), kafka.cluster());
     let clock = ManualClock::new(START);
     let detector = detector(&clock);
     let r = reporter(&brokers, &topic, "web", &clock).await;
