@@ -78,7 +78,8 @@
 //! - **Deletion.** A segment file is deleted only once a committed replay checkpoint lies
 //!   beyond it; the checkpoint only ever covers durable data. A segment whose sync failed is
 //!   therefore never deleted.
-//! - **Memory and backpressure.** Buffers take `slices × 2 × buffer_size` bytes, allocated at
+//! - **Memory and backpressure.** Buffers take `slices × 2 × buffer_size` bytes (plus one
+//!   staging buffer of about `slices × buffer_size` with [`Config::direct_io`]), allocated at
 //!   open; an append allocates nothing. When the disk is slower than intake,
 //!   [`SpillLog::append`] waits for the flusher and [`SpillLog::try_append`] returns
 //!   [`Error::WouldBlock`]: nothing is dropped, nothing grows.
@@ -90,7 +91,8 @@
 //!
 //! A directory holds `LOCK` (an `flock` held while open), numbered segment files
 //! (`00000000000000000001.seg`, rotated at [`Config::segment_size`] and preallocated with
-//! `fallocate`) and `checkpoint`. Each segment starts with a header (magic, format version,
+//! `fallocate`; with [`Config::direct_io`] written with `O_DIRECT`, each group padded with zeros
+//! to a 4 KiB block) and `checkpoint`. Each segment starts with a header (magic, format version,
 //! segment id, salt); each group with a header (magic, sequence number, length, record count);
 //! each record carries its length, CRC32C, id and slice.
 //!
@@ -130,4 +132,4 @@ pub use inspect::{Inspection, SegmentInfo, SegmentState, inspect, inspect_storag
 pub use log::{Durable, RecordId, SpillLog, Stats, Ticket};
 pub use recovery::{RecoveryReport, TornTail};
 pub use replay::{Position, Record, Replay};
-pub use storage::{DiskStorage, Fault, MemStorage, Storage, StorageFile};
+pub use storage::{DIRECT_ALIGN, DiskStorage, Fault, MemStorage, Storage, StorageFile};

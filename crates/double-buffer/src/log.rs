@@ -20,7 +20,7 @@ use crate::format::{
     payload_crc,
 };
 use crate::recovery::{RecoveryReport, recover};
-use crate::storage::{DiskStorage, Storage, StorageFile};
+use crate::storage::{DIRECT_ALIGN, DiskStorage, Storage, StorageFile};
 
 /// The id of a record: unique within a log directory (across restarts too), and increasing
 /// within each slice in append order. Slices take ids in blocks, so ids of different slices
@@ -247,6 +247,8 @@ struct Flusher {
     next_group: u64,
     taken: Vec<(usize, Batch)>,
     wake: Vec<Waker>,
+    /// The aligned buffer groups are assembled in, with direct I/O.
+    staging: Option<Staging>,
 }
 
 struct ActiveSegment {
@@ -254,7 +256,12 @@ struct ActiveSegment {
     name: String,
     file: Box<dyn StorageFile>,
     salt: u64,
+    /// Where the next group goes.
     pos: u64,
+    /// Written with direct I/O (whole aligned blocks through the staging buffer).
+    direct: bool,
+    /// With direct I/O, the segment header still to be written, in front of the first group.
+    pending_header: Option<[u8; SEGMENT_HEADER_LEN]>,
 }
 
 thread_local! {
@@ -464,6 +471,9 @@ impl SpillLog {
                 next_group: recovered.next_group,
                 taken: Vec::with_capacity(config.slices),
                 wake: Vec::new(),
+                staging: config
+                    .direct_io
+                    .then(|| Staging::new(crate::config::staging_capacity(&config))),
             }),
             segments: Mutex::new(table),
             replay_open: AtomicBool::new(false),
@@ -818,11 +828,17 @@ impl Engine {
         }
         match self.write_group(fl) {
             Ok(()) => {
-                let active = fl.active.as_ref().map(|a| (a.id, a.pos));
-                if let Some((id, pos)) = active
-                    && let Some(entry) = lock(&self.segments).entries.get_mut(&id)
-                {
-                    entry.end = pos;
+                // Readers see a segment once its first group is durable (with direct I/O that
+                // group carries the segment header too).
+                if let Some(a) = fl.active.as_ref() {
+                    lock(&self.segments)
+                        .entries
+                        .entry(a.id)
+                        .or_insert(SegmentEntry {
+                            end: a.pos,
+                            sealed: false,
+                        })
+                        .end = a.pos;
                 }
                 for (i, batch) in fl.taken.drain(..) {
                     let slice = &self.slices[i];
@@ -846,52 +862,77 @@ impl Engine {
     fn write_group(&self, fl: &mut Flusher) -> Result<()> {
         let body: u64 = fl.taken.iter().map(|(_, b)| b.bytes().len() as u64).sum();
         let records: u32 = fl.taken.iter().map(|(_, b)| b.frames()).sum();
-        let group = GroupHeader {
+        let mut group = GroupHeader {
             seq: fl.next_group,
             body_len: body as u32,
             records,
         };
-        let span = group.span();
         let rotate = match &fl.active {
             None => true,
-            Some(a) => a.pos > SEGMENT_HEADER_LEN as u64 && a.pos + span > self.config.segment_size,
+            Some(a) => {
+                a.pos > SEGMENT_HEADER_LEN as u64 && a.pos + group.span() > self.config.segment_size
+            }
         };
         if rotate {
             self.rotate(fl)?;
         }
-        let group = GroupHeader {
-            seq: fl.next_group,
-            ..group
-        };
+        group.seq = fl.next_group;
         let active = fl.active.as_mut().expect("rotate leaves an active segment");
         let path = || self.storage.path_of(&active.name);
-        let header = group.encode(active.salt);
-        active
-            .file
-            .write_all_at(&header, active.pos)
-            .map_err(|e| Error::io("write", path(), e))?;
-        let mut at = active.pos + format::GROUP_HEADER_LEN as u64;
-        for (_, b) in &fl.taken {
-            active
-                .file
-                .write_all_at(b.bytes(), at)
-                .map_err(|e| Error::io("write", path(), e))?;
-            at += b.bytes().len() as u64;
-        }
+        let written = match (&mut fl.staging, active.direct) {
+            (Some(staging), true) => {
+                // One aligned write: [segment header,] group header, batches, zeros to a block.
+                staging.clear();
+                if let Some(h) = active.pending_header.take() {
+                    staging.push(&h);
+                }
+                let group_at = staging.len();
+                staging.push(&[0; format::GROUP_HEADER_LEN]);
+                for (_, b) in &fl.taken {
+                    staging.push(b.bytes());
+                }
+                let padded = staging.pad_to_block();
+                group.body_len = (padded - group_at - format::GROUP_HEADER_LEN) as u32;
+                staging.put(group_at, &group.encode(active.salt));
+                active
+                    .file
+                    .write_all_at(staging.bytes(), active.pos)
+                    .map_err(|e| Error::io("write", path(), e))?;
+                padded as u64
+            }
+            _ => {
+                let header = group.encode(active.salt);
+                active
+                    .file
+                    .write_all_at(&header, active.pos)
+                    .map_err(|e| Error::io("write", path(), e))?;
+                let mut at = active.pos + format::GROUP_HEADER_LEN as u64;
+                for (_, b) in &fl.taken {
+                    active
+                        .file
+                        .write_all_at(b.bytes(), at)
+                        .map_err(|e| Error::io("write", path(), e))?;
+                    at += b.bytes().len() as u64;
+                }
+                group.span()
+            }
+        };
         active
             .file
             .sync_data()
             .map_err(|e| Error::io("fdatasync", path(), e))?;
-        active.pos += span;
+        active.pos += written;
         fl.next_group += 1;
         metrics::counter!("spill_log_groups_total").increment(1);
         metrics::counter!("spill_log_records_total").increment(u64::from(records));
-        metrics::counter!("spill_log_bytes_total").increment(span);
+        metrics::counter!("spill_log_bytes_total").increment(written);
         Ok(())
     }
 
-    /// Seals the active segment (already synced) and starts the next one: create, preallocate,
-    /// write and sync its header, sync the directory, then let readers see it.
+    /// Seals the active segment (already synced) and starts the next one: create,
+    /// preallocate, write and sync its header, sync the directory. With direct I/O the header
+    /// goes out with the first group instead (a direct write must be a whole block); until that
+    /// group is synced the file reads as zeros, which recovery takes for an interrupted creation.
     fn rotate(&self, fl: &mut Flusher) -> Result<()> {
         if let Some(old) = fl.active.take()
             && let Some(entry) = lock(&self.segments).entries.get_mut(&old.id)
@@ -901,10 +942,16 @@ impl Engine {
         let id = fl.next_segment;
         let name = format::segment_name(id);
         let path = self.storage.path_of(&name);
-        let file = self
-            .storage
-            .create(&name)
-            .map_err(|e| Error::io("create", &path, e))?;
+        let create = |e| Error::io("create", &path, e);
+        let direct = if self.config.direct_io {
+            self.storage.create_direct(&name).map_err(create)?
+        } else {
+            None
+        };
+        let (file, direct) = match direct {
+            Some(file) => (file, true),
+            None => (self.storage.create(&name).map_err(create)?, false),
+        };
         fl.next_segment += 1;
         if self.config.preallocate {
             file.preallocate(self.config.segment_size)
@@ -916,27 +963,78 @@ impl Engine {
             next_id: self.next_id.load(Ordering::Relaxed),
             salt: format::random_salt(),
         };
-        file.write_all_at(&header.encode(), 0)
-            .map_err(|e| Error::io("write", &path, e))?;
+        let (pos, pending_header) = if direct {
+            (0, Some(header.encode()))
+        } else {
+            file.write_all_at(&header.encode(), 0)
+                .map_err(|e| Error::io("write", &path, e))?;
+            (SEGMENT_HEADER_LEN as u64, None)
+        };
         file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
         self.storage
             .sync_dir()
             .map_err(|e| Error::io("fsync directory", self.storage.path_of(""), e))?;
-        lock(&self.segments).entries.insert(
-            id,
-            SegmentEntry {
-                end: SEGMENT_HEADER_LEN as u64,
-                sealed: false,
-            },
-        );
         fl.active = Some(ActiveSegment {
             id,
             name,
             file,
             salt: header.salt,
-            pos: SEGMENT_HEADER_LEN as u64,
+            pos,
+            direct,
+            pending_header,
         });
         Ok(())
+    }
+}
+
+/// The direct-I/O staging buffer: block-aligned memory inside a larger allocation (no
+/// `unsafe`: the aligned window is found with `align_offset`).
+struct Staging {
+    memory: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Staging {
+    fn new(capacity: usize) -> Self {
+        let memory = vec![0u8; capacity + DIRECT_ALIGN];
+        let start = memory.as_ptr().align_offset(DIRECT_ALIGN);
+        Staging {
+            memory,
+            start,
+            len: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let at = self.start + self.len;
+        self.memory[at..at + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn put(&mut self, offset: usize, bytes: &[u8]) {
+        let at = self.start + offset;
+        self.memory[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// Zeros up to the next block boundary; returns the padded length.
+    fn pad_to_block(&mut self) -> usize {
+        let padded = self.len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        self.memory[self.start + self.len..self.start + padded].fill(0);
+        self.len = padded;
+        padded
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.memory[self.start..self.start + self.len]
     }
 }
 

@@ -13,7 +13,7 @@ use crate::format::{
     Bad, GROUP_ALIGN, GROUP_HEADER_LEN, GROUP_MAGIC, GroupHeader, RECORD_HEADER_LEN, RecordHeader,
     SEGMENT_HEADER_LEN, SegmentHeader,
 };
-use crate::storage::{StorageFile, read_full_at};
+use crate::storage::{DIRECT_ALIGN, StorageFile, read_full_at};
 
 /// One step of a cursor.
 #[derive(Debug)]
@@ -265,13 +265,21 @@ impl Cursor {
             let at = self.pos;
             if group.left == 0 {
                 if at != group.body_end {
-                    return Ok(Step::Bad {
-                        at: group.start,
-                        reason: format!(
-                            "group records end at {at}, its header says {}",
-                            group.body_end
-                        ),
-                    });
+                    // Groups written with direct I/O end in zeros up to the next block.
+                    let pad = group.body_end.saturating_sub(at);
+                    let zeros = at < group.body_end
+                        && pad <= DIRECT_ALIGN as u64
+                        && self.fill(at, pad as usize)?
+                        && self.bytes(at, pad as usize).iter().all(|&b| b == 0);
+                    if !zeros {
+                        return Ok(Step::Bad {
+                            at: group.start,
+                            reason: format!(
+                                "group records end at {at}, its header says {}",
+                                group.body_end
+                            ),
+                        });
+                    }
                 }
                 self.group = None;
                 self.pos = group.body_end.div_ceil(GROUP_ALIGN) * GROUP_ALIGN;

@@ -22,6 +22,13 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     fn list(&self) -> io::Result<Vec<String>>;
     /// Creates a new, empty file for reading and writing; fails if it exists.
     fn create(&self, name: &str) -> io::Result<Box<dyn StorageFile>>;
+    /// Creates a new file whose writes bypass the page cache (`O_DIRECT`): every write must
+    /// start at an offset and have a length that are multiples of [`DIRECT_ALIGN`], from
+    /// memory aligned the same way. `Ok(None)` where that is not supported (the default).
+    fn create_direct(&self, name: &str) -> io::Result<Option<Box<dyn StorageFile>>> {
+        let _ = name;
+        Ok(None)
+    }
     /// Opens an existing file; `write` asks for write access too.
     fn open(&self, name: &str, write: bool) -> io::Result<Box<dyn StorageFile>>;
     /// Removes a file.
@@ -52,6 +59,10 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// Makes the file's data and metadata durable (`fsync`).
     fn sync_all(&self) -> io::Result<()>;
 }
+
+/// The alignment of offsets, lengths and memory that direct writes need (4 KiB covers every
+/// common logical block size).
+pub const DIRECT_ALIGN: usize = 4096;
 
 /// Reads exactly `buf.len()` bytes at `offset`, or fewer at the end of the file; returns how many.
 pub(crate) fn read_full_at(

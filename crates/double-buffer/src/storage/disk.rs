@@ -91,6 +91,28 @@ impl Storage for DiskStorage {
         Ok(Box::new(DiskFile(file)))
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn create_direct(&self, name: &str) -> io::Result<Option<Box<dyn StorageFile>>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(name);
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(&path);
+        match opened {
+            Ok(file) => Ok(Some(Box::new(DiskFile(file)))),
+            // The file system has no O_DIRECT (tmpfs, some FUSE): it may have created the file
+            // before refusing, so take it away again.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                let _ = fs::remove_file(&path);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn open(&self, name: &str, write: bool) -> io::Result<Box<dyn StorageFile>> {
         let file = OpenOptions::new()
             .read(true)

@@ -192,6 +192,27 @@ impl MemStorage {
         }
     }
 
+    fn create_file(&self, name: &str, direct: bool) -> io::Result<Box<dyn StorageFile>> {
+        let mut st = self.state();
+        st.check(Fault::Create)?;
+        if st.names.contains_key(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{name} exists"),
+            ));
+        }
+        let id = st.next_file;
+        st.next_file += 1;
+        st.names.insert(name.to_owned(), id);
+        st.files.insert(id, MemFile::default());
+        Ok(Box::new(MemHandle {
+            storage: self.clone(),
+            id,
+            write: true,
+            direct,
+        }))
+    }
+
     /// The current bytes of a file, for tests that damage or inspect files.
     pub fn read(&self, name: &str) -> Option<Vec<u8>> {
         let st = self.state();
@@ -218,23 +239,13 @@ impl Storage for MemStorage {
     }
 
     fn create(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
-        let mut st = self.state();
-        st.check(Fault::Create)?;
-        if st.names.contains_key(name) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{name} exists"),
-            ));
-        }
-        let id = st.next_file;
-        st.next_file += 1;
-        st.names.insert(name.to_owned(), id);
-        st.files.insert(id, MemFile::default());
-        Ok(Box::new(MemHandle {
-            storage: self.clone(),
-            id,
-            write: true,
-        }))
+        self.create_file(name, false)
+    }
+
+    /// Always supported in memory, with `O_DIRECT`'s alignment rules enforced, so that tests
+    /// catch a misaligned write.
+    fn create_direct(&self, name: &str) -> io::Result<Option<Box<dyn StorageFile>>> {
+        self.create_file(name, true).map(Some)
     }
 
     fn open(&self, name: &str, write: bool) -> io::Result<Box<dyn StorageFile>> {
@@ -247,6 +258,7 @@ impl Storage for MemStorage {
             storage: self.clone(),
             id,
             write,
+            direct: false,
         }))
     }
 
@@ -286,6 +298,8 @@ struct MemHandle {
     storage: MemStorage,
     id: u64,
     write: bool,
+    /// Opened for direct I/O: writes must be aligned as `O_DIRECT` demands.
+    direct: bool,
 }
 
 impl MemHandle {
@@ -335,6 +349,17 @@ impl StorageFile for MemHandle {
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.writable()?;
+        let align = super::DIRECT_ALIGN;
+        if self.direct
+            && (!offset.is_multiple_of(align as u64)
+                || !buf.len().is_multiple_of(align)
+                || buf.as_ptr().align_offset(align) != 0)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("misaligned direct write of {} bytes at {offset}", buf.len()),
+            ));
+        }
         let mut st = self.storage.state();
         st.check(Fault::Write)?;
         write_into(&mut st.file(self.id).data, offset, buf);

@@ -211,6 +211,7 @@ proptest! {
         keep in 0.0..=1.0f64,
         slices in 1..4usize,
         preallocate in any::<bool>(),
+        direct_io in any::<bool>(),
     ) {
         let config = Config {
             slices,
@@ -218,6 +219,7 @@ proptest! {
             segment_size: 8192,
             flush_thread: false,
             preallocate,
+            direct_io,
             read_chunk: 4096,
             ..Config::default()
         };

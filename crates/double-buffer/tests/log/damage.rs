@@ -114,11 +114,14 @@ fn zeroed_group_in_the_middle_is_corruption(env: &Env) {
     let seg = env.segment_files().pop().unwrap();
     let mut bytes = env.read_file(&seg);
     // Zero the whole second group header: looks like the end of the data, but groups follow.
-    let group_len = double_buffer::GROUP_HEADER_LEN
-        + (0..3)
-            .map(|i| double_buffer::RECORD_HEADER_LEN + payload(0, i).len())
-            .sum::<usize>();
-    let second = double_buffer::SEGMENT_HEADER_LEN + group_len.div_ceil(8) * 8;
+    let starts = group_starts(&bytes);
+    if config.direct_io {
+        assert!(
+            starts[1..].iter().all(|s| s % 4096 == 0),
+            "direct groups start on blocks: {starts:?}"
+        );
+    }
+    let second = starts[1];
     bytes[second..second + double_buffer::GROUP_HEADER_LEN].fill(0);
     env.write_file(&seg, bytes);
     match env.open(config) {
@@ -147,6 +150,14 @@ fn lost_end_of_a_sealed_segment_is_corruption(env: &Env) {
         ),
         other => panic!("expected Corrupt, got {:?}", other.map(|(_, r)| r)),
     }
+}
+
+/// Where the groups start (8-aligned offsets holding the group magic).
+fn group_starts(bytes: &[u8]) -> Vec<usize> {
+    (double_buffer::SEGMENT_HEADER_LEN..bytes.len() - 4)
+        .step_by(8)
+        .filter(|&i| &bytes[i..i + 4] == b"GRP1")
+        .collect()
 }
 
 /// The offset of the last group header before `end` (groups start 8-aligned with magic "GRP1").

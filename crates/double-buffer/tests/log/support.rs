@@ -48,6 +48,18 @@ impl Env {
     }
 }
 
+thread_local! {
+    /// Set by the `_direct` variants of `both!`: `small()` then asks for direct I/O.
+    static DIRECT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a scenario with `small()` configs asking for direct I/O.
+pub fn direct(f: impl FnOnce()) {
+    DIRECT.with(|d| d.set(true));
+    f();
+    DIRECT.with(|d| d.set(false));
+}
+
 /// Small buffers and segments, so that swaps and rotations happen in small tests.
 pub fn small() -> Config {
     Config {
@@ -56,6 +68,7 @@ pub fn small() -> Config {
         segment_size: 64 << 10,
         linger: Duration::from_millis(1),
         read_chunk: 16 << 10,
+        direct_io: DIRECT.with(std::cell::Cell::get),
         ..Config::default()
     }
 }
@@ -101,6 +114,13 @@ macro_rules! both {
         }
         mod disk {
             $( #[test] fn $name() { super::$name(&crate::support::Env::disk()) } )*
+        }
+        /// The same with direct I/O (in memory, with `O_DIRECT`'s alignment rules enforced).
+        mod mem_direct {
+            $( #[test] fn $name() { crate::support::direct(|| super::$name(&crate::support::Env::mem())) } )*
+        }
+        mod disk_direct {
+            $( #[test] fn $name() { crate::support::direct(|| super::$name(&crate::support::Env::disk())) } )*
         }
     };
 }
