@@ -1,1 +1,271 @@
-//! Node driver.
+//! The node driver: a [`Peer`] on a [`Transport`], with the clock and the
+//! epoch files. This is the only place that reads the time.
+//!
+//! The driver wakes on a message, a connection change or the peer's next
+//! deadline; it calls `tick(now)` first, then `step`, and drains the peer:
+//! events first (a [`Event::Persist`] is written and fsynced before any
+//! later message leaves), then messages.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::peer::{Event, Peer, Persistent};
+use crate::quorum::Quorum;
+use crate::transport::{Transport, TransportConfig, TransportEvent};
+
+/// Everything a node needs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The election's configuration (its `id` must match the transport's).
+    pub election: Config,
+    /// Who votes.
+    pub quorum: Quorum,
+    /// Where to listen and where the peers are.
+    pub transport: TransportConfig,
+    /// The initial durable state, used when `data_dir` holds none.
+    pub disk: Persistent,
+    /// Where `acceptedEpoch` and `currentEpoch` live; `None` keeps them in
+    /// memory only (a restarted node then starts from `disk` again).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// What a node reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// An event of the state machine, with the time since the node started.
+    Peer {
+        /// Time since start.
+        elapsed: Duration,
+        /// The event.
+        event: Event,
+    },
+    /// A frame or connection the transport rejected.
+    Rejected {
+        /// The peer, if known.
+        from: Option<u64>,
+        /// What was wrong.
+        error: String,
+    },
+}
+
+/// A running node. Dropping it stops the node.
+#[derive(Debug)]
+pub struct Node {
+    events: mpsc::UnboundedReceiver<NodeEvent>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<()>>,
+    local_addr: std::net::SocketAddr,
+}
+
+impl Node {
+    /// Binds the transport and starts the election.
+    pub async fn start(config: NodeConfig) -> Result<Node> {
+        if config.election.id != config.transport.id {
+            return Err(Error::InvalidConfig {
+                field: "transport.id",
+                value: config.transport.id.to_string(),
+                reason: "must equal election.id",
+            });
+        }
+        let disk = match &config.data_dir {
+            Some(dir) => load_epochs(dir, config.disk)?,
+            None => config.disk,
+        };
+        let transport = Transport::bind(config.transport.clone()).await?;
+        let local_addr = transport.local_addr();
+        let start = Instant::now();
+        let peer = Peer::new(
+            config.election.clone(),
+            config.quorum.clone(),
+            disk,
+            Duration::ZERO,
+        )?;
+        let (ev_tx, events) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(drive(
+            peer,
+            transport,
+            config.data_dir,
+            start,
+            ev_tx,
+            stop_rx,
+        ));
+        Ok(Node {
+            events,
+            stop: Some(stop_tx),
+            task,
+            local_addr,
+        })
+    }
+
+    /// The address the node listens on.
+    #[must_use]
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// The next event; `None` once the node has stopped.
+    pub async fn next_event(&mut self) -> Option<NodeEvent> {
+        self.events.recv().await
+    }
+
+    /// Stops the node and returns how its loop ended.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Io(std::io::Error::other(e))),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn drive(
+    mut peer: Peer<Quorum>,
+    mut transport: Transport,
+    data_dir: Option<PathBuf>,
+    start: Instant,
+    events: mpsc::UnboundedSender<NodeEvent>,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<()> {
+    flush(&mut peer, &transport, data_dir.as_deref(), start, &events)?;
+    loop {
+        let deadline = peer
+            .next_deadline()
+            .map_or_else(|| Instant::now() + Duration::from_secs(3600), |d| start + d);
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            ev = transport.recv() => {
+                let Some(ev) = ev else { return Ok(()) };
+                peer.tick(start.elapsed());
+                match ev {
+                    TransportEvent::Message { from, msg } => {
+                        if let Err(e) = peer.step(from, msg) {
+                            tracing::warn!(error = %e, "message rejected by the state machine");
+                        }
+                    }
+                    TransportEvent::Disconnected(p) => peer.peer_disconnected(p),
+                    TransportEvent::Connected { .. } => {}
+                    TransportEvent::Rejected { from, error } => {
+                        let _ = events.send(NodeEvent::Rejected { from, error });
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => peer.tick(start.elapsed()),
+        }
+        flush(&mut peer, &transport, data_dir.as_deref(), start, &events)?;
+    }
+}
+
+fn flush(
+    peer: &mut Peer<Quorum>,
+    transport: &Transport,
+    data_dir: Option<&Path>,
+    start: Instant,
+    events: &mpsc::UnboundedSender<NodeEvent>,
+) -> Result<()> {
+    while let Some(event) = peer.poll_event() {
+        if let (Event::Persist(d), Some(dir)) = (&event, data_dir) {
+            save_epochs(dir, *d)?;
+        }
+        let _ = events.send(NodeEvent::Peer {
+            elapsed: start.elapsed(),
+            event,
+        });
+    }
+    while let Some((to, msg)) = peer.poll_message() {
+        transport.send(to, msg);
+    }
+    Ok(())
+}
+
+/// Reads `acceptedEpoch` and `currentEpoch` from `dir`; missing files keep
+/// the values of `default`. A file that is not a number is an error.
+pub fn load_epochs(dir: &Path, default: Persistent) -> Result<Persistent> {
+    let read = |name: &'static str, dflt: u64| -> Result<u64> {
+        match fs::read_to_string(dir.join(name)) {
+            Ok(s) => s.trim().parse().map_err(|_| Error::InvalidConfig {
+                field: name,
+                value: s.trim().to_owned(),
+                reason: "epoch file must hold a decimal number",
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dflt),
+            Err(e) => Err(e.into()),
+        }
+    };
+    Ok(Persistent {
+        zxid: default.zxid,
+        accepted_epoch: read("acceptedEpoch", default.accepted_epoch)?,
+        current_epoch: read("currentEpoch", default.current_epoch)?,
+    })
+}
+
+/// Writes both epoch files durably (write, fsync, rename, fsync the directory).
+pub fn save_epochs(dir: &Path, d: Persistent) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    for (name, value) in [
+        ("acceptedEpoch", d.accepted_epoch),
+        ("currentEpoch", d.current_epoch),
+    ] {
+        let tmp = dir.join(format!("{name}.tmp"));
+        let mut f = fs::File::create(&tmp)?;
+        writeln!(f, "{value}")?;
+        f.sync_all()?;
+        fs::rename(&tmp, dir.join(name))?;
+    }
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_files_round_trip_and_reject_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Persistent {
+            zxid: 3,
+            accepted_epoch: 7,
+            current_epoch: 6,
+        };
+        assert_eq!(
+            load_epochs(dir.path(), d).unwrap(),
+            d,
+            "missing files keep defaults"
+        );
+        save_epochs(
+            dir.path(),
+            Persistent {
+                zxid: 3,
+                accepted_epoch: 9,
+                current_epoch: 8,
+            },
+        )
+        .unwrap();
+        let back = load_epochs(dir.path(), d).unwrap();
+        assert_eq!((back.accepted_epoch, back.current_epoch), (9, 8));
+        fs::write(dir.path().join("currentEpoch"), "x\n").unwrap();
+        assert!(
+            load_epochs(dir.path(), d)
+                .unwrap_err()
+                .to_string()
+                .contains("currentEpoch")
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! Real `zab-node` processes on loopback, and the TCP transport's rules.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use zab_election::transport::{Transport, TransportConfig, TransportEvent};
+use zab_election::{Message, Notification, ServerState, Vote};
+
+/// One parsed output line of `zab-node`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Line {
+    id: u64,
+    state: String,
+    leader: Option<u64>,
+    peer_epoch: u64,
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &line[start..];
+    let end = rest.find([',', '}'])?;
+    Some(rest[..end].trim_matches('"'))
+}
+
+fn parse(line: &str) -> Option<Line> {
+    Some(Line {
+        id: field(line, "id")?.parse().ok()?,
+        state: field(line, "state")?.to_owned(),
+        leader: field(line, "leader")?.parse().ok(),
+        peer_epoch: field(line, "peer_epoch")?.parse().ok()?,
+    })
+}
+
+/// Free loopback ports: bound, noted and released (the kernel will not hand
+/// them out again at once).
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+struct Cluster {
+    peers: String,
+    procs: BTreeMap<u64, Child>,
+    latest: Arc<Mutex<BTreeMap<u64, Line>>>,
+    all: Arc<Mutex<Vec<String>>>,
+}
+
+impl Cluster {
+    fn start(n: u64) -> Cluster {
+        let ports = free_ports(n as usize);
+        let peers = (1..=n)
+            .map(|i| format!("{i}=127.0.0.1:{}", ports[i as usize - 1]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            peers,
+            procs: BTreeMap::new(),
+            latest: Arc::default(),
+            all: Arc::default(),
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_zab-node"))
+            .args(["--id", &id.to_string(), "--peers", &self.peers])
+            .args(["--finalize-wait-ms", "50", "--tick-ms", "200"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("zab-node starts");
+        let out = child.stdout.take().unwrap();
+        let latest = Arc::clone(&self.latest);
+        let all = Arc::clone(&self.all);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let parsed = parse(&line).unwrap_or_else(|| panic!("bad output line: {line}"));
+                all.lock().unwrap().push(line);
+                latest.lock().unwrap().insert(parsed.id, parsed);
+            }
+        });
+        self.procs.insert(id, child);
+    }
+
+    fn kill(&mut self, id: u64) {
+        let mut c = self.procs.remove(&id).unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+        self.latest.lock().unwrap().remove(&id);
+    }
+
+    /// Waits until every running server serves one leader in an epoch above
+    /// `min_epoch`; returns (leader, epoch).
+    fn wait_stable(&self, min_epoch: u64, within: Duration) -> (u64, u64) {
+        let deadline = Instant::now() + within;
+        loop {
+            {
+                let latest = self.latest.lock().unwrap();
+                let running: Vec<u64> = self.procs.keys().copied().collect();
+                let lines: Vec<&Line> = running.iter().filter_map(|id| latest.get(id)).collect();
+                if lines.len() == running.len() {
+                    let l = lines[0].leader;
+                    let e = lines[0].peer_epoch;
+                    let agree = lines
+                        .iter()
+                        .all(|x| x.leader == l && x.peer_epoch == e && x.state != "LOOKING");
+                    if let (true, Some(l)) = (agree && e > min_epoch, l) {
+                        if latest.get(&l).is_some_and(|x| x.state == "LEADING") {
+                            return (l, e);
+                        }
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not stable within {within:?}: {:#?}",
+                self.all.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.procs.values_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn elect_kill_reelect_rejoin(n: u64) {
+    let mut c = Cluster::start(n);
+    let (l1, e1) = c.wait_stable(0, Duration::from_secs(20));
+    assert_eq!(l1, n, "equal zxids: the largest id leads");
+    c.kill(l1);
+    let t = Instant::now();
+    let (l2, e2) = c.wait_stable(e1, Duration::from_secs(20));
+    println!(
+        "{n} nodes: leader {l1} killed, {l2} serves epoch {e2} after {:?}",
+        t.elapsed()
+    );
+    assert_ne!(l2, l1);
+    assert_eq!(l2, n - 1, "the largest remaining id leads");
+    c.spawn(l1);
+    let (l3, e3) = c.wait_stable(e1, Duration::from_secs(20));
+    assert_eq!(
+        (l3, e3),
+        (l2, e2),
+        "the old leader follows; no new election"
+    );
+    assert_eq!(c.latest.lock().unwrap()[&l1].state, "FOLLOWING");
+}
+
+#[test]
+fn three_zab_nodes_elect_fail_over_and_take_back_the_old_leader() {
+    elect_kill_reelect_rejoin(3);
+}
+
+#[test]
+fn five_zab_nodes_elect_fail_over_and_take_back_the_old_leader() {
+    elect_kill_reelect_rejoin(5);
+}
+
+#[test]
+fn zab_node_rejects_bad_arguments() {
+    let out = Command::new(env!("CARGO_BIN_EXE_zab-node"))
+        .args(["--id", "4", "--peers", "1=127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--id 4 is not in --peers"));
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+async fn next(t: &mut Transport) -> TransportEvent {
+    tokio::time::timeout(Duration::from_secs(5), t.recv())
+        .await
+        .expect("an event in time")
+        .expect("transport running")
+}
+
+fn note(round: u64) -> Message {
+    Message::Notification(Notification {
+        state: ServerState::Looking,
+        vote: Vote::new(1, 0, 0),
+        round,
+    })
+}
+
+/// Both servers send first, so both dial; only the connection opened by the
+/// larger id survives, and messages flow both ways on it.
+#[tokio::test]
+async fn simultaneous_connect_keeps_the_larger_ids_connection() {
+    let p = free_ports(2);
+    let mk = |id: u64, other: u64| {
+        TransportConfig::new(
+            id,
+            addr(p[id as usize - 1]),
+            BTreeMap::from([(other, addr(p[other as usize - 1]))]),
+        )
+    };
+    let mut t1 = Transport::bind(mk(1, 2)).await.unwrap();
+    let mut t2 = Transport::bind(mk(2, 1)).await.unwrap();
+    t1.send(2, note(1));
+    t2.send(1, note(2));
+    let mut got1 = Vec::new();
+    let mut got2 = Vec::new();
+    while got1.len() < 2 {
+        got1.push(next(&mut t1).await);
+    }
+    while got2.len() < 2 {
+        got2.push(next(&mut t2).await);
+    }
+    assert!(
+        got1.contains(&TransportEvent::Connected {
+            peer: 2,
+            outbound: false
+        }),
+        "{got1:?}"
+    );
+    assert!(
+        got2.contains(&TransportEvent::Connected {
+            peer: 1,
+            outbound: true
+        }),
+        "{got2:?}"
+    );
+    assert!(
+        got1.contains(&TransportEvent::Message {
+            from: 2,
+            msg: note(2)
+        }),
+        "{got1:?}"
+    );
+    assert!(
+        got2.contains(&TransportEvent::Message {
+            from: 1,
+            msg: note(1)
+        }),
+        "{got2:?}"
+    );
+    // No second connection comes up later.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), t1.recv())
+            .await
+            .is_err()
+    );
+}
+
+/// Malformed frames are reported and dropped without closing the
+/// connection; an oversized frame closes it; nothing panics.
+#[tokio::test]
+async fn malformed_and_oversized_frames_are_rejected() {
+    let p = free_ports(2);
+    let cfg = TransportConfig::new(1, addr(p[0]), BTreeMap::from([(2, addr(p[1]))]));
+    let mut t1 = Transport::bind(cfg).await.unwrap();
+    // Pose as server 2 (a larger id, so server 1 keeps the connection).
+    let mut raw = tokio::net::TcpStream::connect(addr(p[0])).await.unwrap();
+    let mut hello = vec![0, 0, 0, 10, zab_election::WIRE_VERSION, 0];
+    hello.extend_from_slice(&2u64.to_be_bytes());
+    raw.write_all(&hello).await.unwrap();
+    assert_eq!(
+        next(&mut t1).await,
+        TransportEvent::Connected {
+            peer: 2,
+            outbound: false
+        }
+    );
+    let frame = |payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(payload);
+        f
+    };
+    let good = note(7).to_payload();
+    let mut bad_state = good.clone();
+    bad_state[2] = 42;
+    for bad in [
+        vec![9u8, 1, 0],
+        vec![zab_election::WIRE_VERSION, 77],
+        good[..10].to_vec(),
+        bad_state,
+        vec![],
+    ] {
+        raw.write_all(&frame(&bad)).await.unwrap();
+        assert!(matches!(
+            next(&mut t1).await,
+            TransportEvent::Rejected { from: Some(2), .. }
+        ));
+    }
+    raw.write_all(&frame(&good)).await.unwrap();
+    assert_eq!(
+        next(&mut t1).await,
+        TransportEvent::Message {
+            from: 2,
+            msg: note(7)
+        }
+    );
+    raw.write_all(&1_000_000u32.to_be_bytes()).await.unwrap();
+    match next(&mut t1).await {
+        TransportEvent::Rejected {
+            from: Some(2),
+            error,
+        } => assert!(error.contains("exceeds"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(next(&mut t1).await, TransportEvent::Disconnected(2));
+    // A connection without a valid hello is refused.
+    let mut junk = tokio::net::TcpStream::connect(addr(p[0])).await.unwrap();
+    junk.write_all(&frame(&[1, 2, 3])).await.unwrap();
+    assert!(matches!(
+        next(&mut t1).await,
+        TransportEvent::Rejected { from: None, .. }
+    ));
+}
