@@ -63,7 +63,7 @@ fn main() -> Result<()> {
         None => run(&Plan {
             phase: Duration::from_secs(10),
             heartbeat_instances: 10_000,
-            conns: 64,
+            conns: 16,
             fetch_instances: 10_000,
             visible_samples: 400,
             mem_instances: 1_000_000,
@@ -81,9 +81,9 @@ fn run(plan: &Plan) -> Result<()> {
     // 1. Heartbeats: PUT /apps/{APP}/{ID} on pre-registered instances.
     let server = start(&rt)?;
     preload(server.registry(), "HB", plan.heartbeat_instances);
-    let hb = spawn_loadgen(json!({
+    let hb = spawn_loadgen(&json!({
         "kind": "heartbeat", "addr": server.local_addr().to_string(), "secs": plan.phase.as_secs_f64(),
-        "conns": plan.conns, "app": "HB", "ids": plan.heartbeat_instances,
+        "conns": 8, "app": "HB", "ids": plan.heartbeat_instances,
     }))?
     .finish()?;
     let heartbeats_rps = hb["ok"].as_f64().unwrap_or(0.0) / hb["secs"].as_f64().unwrap_or(1.0);
@@ -97,7 +97,7 @@ fn run(plan: &Plan) -> Result<()> {
 
     // 2. Registrations: POST /apps/{APP} with a ~700-byte JSON body, each a new instance.
     let server = start(&rt)?;
-    let reg = spawn_loadgen(json!({
+    let reg = spawn_loadgen(&json!({
         "kind": "register", "addr": server.local_addr().to_string(), "secs": plan.phase.as_secs_f64(),
         "conns": plan.conns,
     }))?
@@ -123,7 +123,7 @@ fn run(plan: &Plan) -> Result<()> {
     preload(server.registry(), "FETCH", plan.fetch_instances);
     let mut fetch_p99 = 0.0;
     for (gzip, label) in [(false, "JSON"), (true, "JSON+gzip")] {
-        let f = spawn_loadgen(json!({
+        let f = spawn_loadgen(&json!({
             "kind": "fetch", "addr": server.local_addr().to_string(), "secs": plan.phase.as_secs_f64() / 2.0,
             "conns": 4, "gzip": gzip,
         }))?
@@ -156,11 +156,11 @@ fn run(plan: &Plan) -> Result<()> {
     // 4. Register-to-visible through a long-polled delta, while heartbeats load the server.
     let server = start(&rt)?;
     preload(server.registry(), "HB", plan.heartbeat_instances);
-    let background = spawn_loadgen(json!({
+    let background = spawn_loadgen(&json!({
         "kind": "heartbeat", "addr": server.local_addr().to_string(), "secs": 600.0,
         "conns": 8, "app": "HB", "ids": plan.heartbeat_instances, "stop_on_stdin_close": true,
     }))?;
-    let vis = spawn_loadgen(json!({
+    let vis = spawn_loadgen(&json!({
         "kind": "visible", "addr": server.local_addr().to_string(), "samples": plan.visible_samples,
     }))?
     .finish()?;
@@ -351,7 +351,7 @@ impl Child {
     }
 }
 
-fn spawn_loadgen(spec: Value) -> Result<Child> {
+fn spawn_loadgen(spec: &Value) -> Result<Child> {
     let exe = std::env::current_exe()?;
     let child = Command::new(exe)
         .args(["--loadgen", &spec.to_string()])

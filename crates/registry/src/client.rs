@@ -484,10 +484,10 @@ impl RegistryClient {
                     .header("Content-Type", "application/json")
                     .body(b.clone());
             }
-            if method != Method::GET {
-                if let Some(a) = &self.inner.cfg.auth {
-                    req = req.header("Authorization", a.header_value());
-                }
+            if method != Method::GET
+                && let Some(a) = &self.inner.cfg.auth
+            {
+                req = req.header("Authorization", a.header_value());
             }
             match req.send().await {
                 Ok(resp) => {

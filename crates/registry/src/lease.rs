@@ -175,7 +175,7 @@ mod tests {
             .map(|_| {
                 let r = r.clone();
                 std::thread::spawn(move || {
-                    (0..10_000).for_each(|i| r.increment(5_000_000 + (i % 3) * 1000))
+                    (0..10_000).for_each(|i| r.increment(5_000_000 + (i % 3) * 1000));
                 })
             })
             .collect();

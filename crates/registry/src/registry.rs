@@ -842,10 +842,8 @@ pub fn effective_status(
     if let Some(o) = override_status {
         return o;
     }
-    if !is_replication {
-        if let Some(e @ (Status::Up | Status::OutOfService)) = existing {
-            return e;
-        }
+    if !is_replication && let Some(e @ (Status::Up | Status::OutOfService)) = existing {
+        return e;
     }
     own
 }

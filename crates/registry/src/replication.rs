@@ -181,8 +181,8 @@ pub(crate) struct Replicator {
 impl Replicator {
     pub(crate) fn start(
         urls: Vec<String>,
-        registry: Arc<Registry>,
-        clock: Arc<dyn Clock>,
+        registry: &Arc<Registry>,
+        clock: &Arc<dyn Clock>,
         cfg: &ServerConfig,
     ) -> Result<Self> {
         let http = http_client()?;
@@ -215,17 +215,17 @@ impl Replicator {
     }
 
     /// Queues a task for every peer without waiting; a full queue drops it (counted).
-    pub(crate) fn enqueue(&self, task: Task) {
+    pub(crate) fn enqueue(&self, task: &Task) {
         let now = Instant::now();
         for p in &self.peers {
             let sent =
                 p.tx.lock()
                     .as_ref()
                     .map(|tx| tx.try_send((now, task.clone())));
-            if let Some(Err(mpsc::error::TrySendError::Full(_))) = sent {
-                if p.dropped.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
-                    tracing::warn!("replication queue to {} is full; dropping tasks", p.url);
-                }
+            if let Some(Err(mpsc::error::TrySendError::Full(_))) = sent
+                && p.dropped.fetch_add(1, Ordering::Relaxed) % 1000 == 0
+            {
+                tracing::warn!("replication queue to {} is full; dropping tasks", p.url);
             }
         }
     }
@@ -371,10 +371,10 @@ impl Worker {
                 }
                 (Task::Heartbeat { .. }, 409) => {
                     let newer = answer.get("responseEntity").map(codec::instance_from_value);
-                    if let Some(Ok(info)) = newer {
-                        if let Err(e) = self.registry.register(info, true, self.clock.now()) {
-                            tracing::debug!("could not take a peer's newer record: {e}");
-                        }
+                    if let Some(Ok(info)) = newer
+                        && let Err(e) = self.registry.register(info, true, self.clock.now())
+                    {
+                        tracing::debug!("could not take a peer's newer record: {e}");
                     }
                 }
                 (t, code) => tracing::debug!("peer {} answered {code} to {t:?}", self.peer.url),

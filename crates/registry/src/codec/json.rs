@@ -70,15 +70,19 @@ pub(crate) fn instance(out: &mut String, info: &InstanceInfo, lease: &LeaseInfo)
     }
     field(out, "status", info.status.as_str());
     field(out, "overriddenStatus", info.overridden_status.as_str());
-    let _ = write!(
-        out,
-        ",\"port\":{{\"$\":{},\"@enabled\":\"{}\"}},\"securePort\":{{\"$\":{},\"@enabled\":\"{}\"}},\"countryId\":{}",
-        info.port.port,
-        info.port.enabled,
-        info.secure_port.port,
-        info.secure_port.enabled,
-        info.country_id
-    );
+    for (name, port) in [
+        (",\"port\":{\"$\":", info.port),
+        (",\"securePort\":{\"$\":", info.secure_port),
+    ] {
+        out.push_str(name);
+        number(out, u64::from(port.port));
+        out.push_str(if port.enabled {
+            ",\"@enabled\":\"true\"}"
+        } else {
+            ",\"@enabled\":\"false\"}"
+        });
+    }
+    let _ = write!(out, ",\"countryId\":{}", info.country_id);
     out.push_str(",\"dataCenterInfo\":{\"@class\":");
     string(out, &info.data_center_info.class);
     field(out, "name", &info.data_center_info.name);
@@ -108,14 +112,7 @@ pub(crate) fn instance(out: &mut String, info: &InstanceInfo, lease: &LeaseInfo)
     } else {
         map(out, info.metadata.iter());
     }
-    for (name, value) in [
-        ("homePageUrl", &info.home_page_url),
-        ("statusPageUrl", &info.status_page_url),
-        ("healthCheckUrl", &info.health_check_url),
-        ("secureHealthCheckUrl", &info.secure_health_check_url),
-        ("vipAddress", &info.vip_address),
-        ("secureVipAddress", &info.secure_vip_address),
-    ] {
+    for (name, value) in super::optional_fields(info) {
         if let Some(v) = value {
             field(out, name, v);
         }
@@ -129,16 +126,11 @@ pub(crate) fn instance(out: &mut String, info: &InstanceInfo, lease: &LeaseInfo)
             "false"
         },
     );
-    field(
-        out,
-        "lastUpdatedTimestamp",
-        &info.last_updated_timestamp.to_string(),
-    );
-    field(
-        out,
-        "lastDirtyTimestamp",
-        &info.last_dirty_timestamp.to_string(),
-    );
+    out.push_str(",\"lastUpdatedTimestamp\":\"");
+    number(out, info.last_updated_timestamp);
+    out.push_str("\",\"lastDirtyTimestamp\":\"");
+    number(out, info.last_dirty_timestamp);
+    out.push('"');
     field(out, "actionType", info.action_type.as_str());
     if let Some(asg) = &info.asg_name {
         field(out, "asgName", asg);

@@ -5,7 +5,7 @@
 //! as bare objects, and unknown fields are ignored. XML is first turned into the same
 //! tree as JSON (attributes become `@name` keys, element text `$`), so both formats
 //! go through one validating reader. No input makes these functions panic; malformed
-//! input is an [`Error`](crate::Error) naming the field.
+//! input is an [`crate::Error`] naming the field.
 
 mod json;
 mod read;
@@ -18,6 +18,21 @@ pub use xml::{application_xml, applications_xml, instance_xml, xml_to_value};
 
 use crate::error::{Error, Result};
 use crate::model::{Applications, InstanceInfo};
+
+/// The optional text fields of an instance, in the order both codecs write them.
+pub(crate) fn optional_fields(info: &InstanceInfo) -> [(&'static str, Option<&String>); 6] {
+    [
+        ("homePageUrl", info.home_page_url.as_ref()),
+        ("statusPageUrl", info.status_page_url.as_ref()),
+        ("healthCheckUrl", info.health_check_url.as_ref()),
+        (
+            "secureHealthCheckUrl",
+            info.secure_health_check_url.as_ref(),
+        ),
+        ("vipAddress", info.vip_address.as_ref()),
+        ("secureVipAddress", info.secure_vip_address.as_ref()),
+    ]
+}
 
 /// A wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -106,14 +106,7 @@ fn instance(out: &mut String, info: &InstanceInfo, lease: &LeaseInfo) {
         map(out, info.metadata.iter());
         out.push_str("</metadata>");
     }
-    for (name, value) in [
-        ("homePageUrl", &info.home_page_url),
-        ("statusPageUrl", &info.status_page_url),
-        ("healthCheckUrl", &info.health_check_url),
-        ("secureHealthCheckUrl", &info.secure_health_check_url),
-        ("vipAddress", &info.vip_address),
-        ("secureVipAddress", &info.secure_vip_address),
-    ] {
+    for (name, value) in super::optional_fields(info) {
         if let Some(v) = value {
             element(out, name, v);
         }

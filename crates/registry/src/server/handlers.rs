@@ -277,7 +277,7 @@ pub(super) async fn register(
     let stored = node.registry.register(info, repl, node.now())?;
     Counters::bump(&node.counters.registrations);
     if !repl {
-        replicate(&node, Task::Register(stored));
+        replicate(&node, &Task::Register(stored));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -294,10 +294,11 @@ pub(super) async fn renew(
         .registry
         .renew(&app, &id, dirty(&q)?, repl, node.now())?;
     Counters::bump(&node.counters.heartbeats);
-    if !repl {
-        if let Some(inst) = node.registry.instance(&app, &id) {
-            replicate(&node, Task::heartbeat(&inst.info));
-        }
+    if !repl
+        && node.replicator.is_some()
+        && let Some(inst) = node.registry.instance(&app, &id)
+    {
+        replicate(&node, &Task::heartbeat(&inst.info));
     }
     Ok(match outcome {
         Renewal::Renewed => StatusCode::OK.into_response(),
@@ -329,7 +330,7 @@ pub(super) async fn cancel(
     if !is_replication(&headers) {
         replicate(
             &node,
-            Task::Cancel {
+            &Task::Cancel {
                 app: app.to_uppercase(),
                 id,
             },
@@ -353,7 +354,7 @@ pub(super) async fn status_update(
     if !is_replication(&headers) {
         replicate(
             &node,
-            Task::StatusUpdate {
+            &Task::StatusUpdate {
                 app: app.to_uppercase(),
                 id,
                 status,
@@ -378,7 +379,7 @@ pub(super) async fn status_delete(
     if !is_replication(&headers) {
         replicate(
             &node,
-            Task::DeleteStatusOverride {
+            &Task::DeleteStatusOverride {
                 app: app.to_uppercase(),
                 id,
                 status,
@@ -407,7 +408,7 @@ pub(super) async fn metadata_update(
         .registry
         .update_metadata(&app, &id, &entries, node.now())?;
     if !is_replication(&headers) {
-        replicate(&node, Task::Register(info));
+        replicate(&node, &Task::Register(info));
     }
     Ok(StatusCode::OK.into_response())
 }
@@ -468,7 +469,7 @@ pub(super) async fn require_auth(
     next.run(req).await
 }
 
-fn replicate(node: &Node, task: Task) {
+fn replicate(node: &Node, task: &Task) {
     if let Some(r) = &node.replicator {
         r.enqueue(task);
     }

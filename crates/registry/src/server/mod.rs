@@ -222,7 +222,7 @@ impl Server {
             .map(|p| normalize_peer_url(p))
             .collect::<Result<_>>()?;
         let replicator = (!peers.is_empty())
-            .then(|| Replicator::start(peers.clone(), registry.clone(), clock.clone(), &cfg))
+            .then(|| Replicator::start(peers.clone(), &registry, &clock, &cfg))
             .transpose()?;
         if !peers.is_empty() {
             let n = sync_from_peers(&peers, &registry, clock.as_ref(), &cfg).await;
@@ -344,16 +344,19 @@ fn router(node: Arc<Node>) -> Router {
             "/peerreplication/batch",
             post(replication_batch).layer(DefaultBodyLimit::max(node.cfg.max_batch_body_bytes)),
         );
-    Router::new()
+    let mut app = Router::new()
         .route("/", get(dashboard::page))
         .nest("/eureka", api.clone())
         .nest("/eureka/v2", api)
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
+        .fallback(not_found);
+    // Without credentials configured, mutations skip the auth layer altogether.
+    if node.cfg.auth.is_some() {
+        app = app.layer(axum::middleware::from_fn_with_state(
             node.clone(),
             require_auth,
-        ))
-        .layer(RequestBodyLimitLayer::new(node.cfg.max_batch_body_bytes))
+        ));
+    }
+    app.layer(RequestBodyLimitLayer::new(node.cfg.max_batch_body_bytes))
         .layer(RequestDecompressionLayer::new())
         .layer(CompressionLayer::new())
         .with_state(node)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use registry::{Auth, Status};
 use serde_json::Value;
 
-use crate::support::{cfg, eventually, http, instance_json, register, start};
+use crate::support::{cfg, code, eventually, http, instance_json, register, start};
 
 #[tokio::test]
 async fn full_cycle_under_both_prefixes_in_json_and_xml() {
@@ -74,38 +74,10 @@ async fn full_cycle_under_both_prefixes_in_json_and_xml() {
         );
         // Heartbeat, cancel, then 404s.
         let c = http();
-        assert_eq!(
-            c.put(format!("{base}/apps/{app}/s1"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-        assert_eq!(
-            c.delete(format!("{base}/apps/{app}/s1"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-        assert_eq!(
-            c.put(format!("{base}/apps/{app}/s1"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            404
-        );
-        assert_eq!(
-            c.delete(format!("{base}/apps/{app}/s1"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            404
-        );
+        assert_eq!(code(c.put(format!("{base}/apps/{app}/s1"))).await, 200);
+        assert_eq!(code(c.delete(format!("{base}/apps/{app}/s1"))).await, 200);
+        assert_eq!(code(c.put(format!("{base}/apps/{app}/s1"))).await, 404);
+        assert_eq!(code(c.delete(format!("{base}/apps/{app}/s1"))).await, 404);
         let gone = c.get(format!("{base}/apps/{app}")).send().await.unwrap();
         assert_eq!(gone.status(), 404);
         assert!(gone.text().await.unwrap().contains("unknown app"));
@@ -189,11 +161,7 @@ async fn overrides_metadata_and_dirty_timestamps_over_http() {
         "value is required"
     );
     assert_eq!(
-        c.put(format!("{base}/apps/OPS/zz/status?value=UP"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        code(c.put(format!("{base}/apps/OPS/zz/status?value=UP"))).await,
         404
     );
     assert_eq!(
@@ -215,11 +183,7 @@ async fn overrides_metadata_and_dirty_timestamps_over_http() {
     );
     // Deleting the override: the next heartbeat answers 404 so that the client registers again.
     assert_eq!(
-        c.delete(format!("{base}/apps/OPS/o1/status"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        code(c.delete(format!("{base}/apps/OPS/o1/status"))).await,
         200
     );
     assert_eq!(put("").send().await.unwrap().status(), 404);
@@ -482,22 +446,9 @@ async fn mutations_need_credentials_when_configured_and_reads_do_not() {
             401
         );
         assert_eq!(send(Some(auth.header_value())).await.unwrap().status(), 204);
+        assert_eq!(code(http().get(format!("{base}/apps/SEC"))).await, 200);
         assert_eq!(
-            http()
-                .get(format!("{base}/apps/SEC"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-        assert_eq!(
-            http()
-                .delete(format!("{base}/apps/SEC/s1"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
+            code(http().delete(format!("{base}/apps/SEC/s1"))).await,
             401
         );
         assert!(server.registry().instance("SEC", "s1").is_some());

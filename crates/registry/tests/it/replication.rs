@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use registry::{Server, ServerConfig, Status};
 
-use crate::support::{cfg, eventually, http, register};
+use crate::support::{cfg, code, eventually, http, register};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -84,24 +84,8 @@ async fn three_nodes_converge_and_a_restarted_node_catches_up() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        http()
-            .delete(format!("{uc}/apps/CART/c1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        http()
-            .put(format!("{uc}/apps/PAY/p1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(code(http().delete(format!("{uc}/apps/CART/c1"))).await, 200);
+    assert_eq!(code(http().put(format!("{uc}/apps/PAY/p1"))).await, 200);
     let want: BTreeMap<String, Status> = [("PAY/p1", Status::Up), ("PAY/p2", Status::OutOfService)]
         .map(|(k, v)| (k.into(), v))
         .into();
@@ -128,15 +112,7 @@ async fn three_nodes_converge_and_a_restarted_node_catches_up() {
     // Node C goes down; changes happen meanwhile; C restarts, syncs from a peer, catches up.
     c.shutdown(Duration::from_secs(5)).await.unwrap();
     assert_eq!(register(&ua, "PAY", "p3").await.status(), 204);
-    assert_eq!(
-        http()
-            .delete(format!("{ub}/apps/PAY/p1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(code(http().delete(format!("{ub}/apps/PAY/p1"))).await, 200);
     c = node(ports[2], &peers(2), 3).await;
     let want: BTreeMap<String, Status> = [("PAY/p2", Status::OutOfService), ("PAY/p3", Status::Up)]
         .map(|(k, v)| (k.into(), v))
@@ -166,15 +142,7 @@ async fn three_nodes_converge_and_a_restarted_node_catches_up() {
         .cancel("PAY", "p3", registry::Clock::now(&registry::SystemClock))
         .unwrap();
     assert!(b.registry().instance("PAY", "p3").is_none());
-    assert_eq!(
-        http()
-            .put(format!("{ua}/apps/PAY/p3"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(code(http().put(format!("{ua}/apps/PAY/p3"))).await, 200);
     converge(
         &[&a, &b, &c],
         &want,

@@ -97,3 +97,8 @@ pub fn chromium() -> PathBuf {
     );
     p
 }
+
+/// Sends a request and returns its status code.
+pub async fn code(req: reqwest::RequestBuilder) -> u16 {
+    req.send().await.expect("request sent").status().as_u16()
+}
