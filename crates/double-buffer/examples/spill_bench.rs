@@ -64,7 +64,10 @@ fn parse() -> Result<Opts> {
                         .with_context(|| format!("--seconds: not a number: {v}"))?,
                 );
             }
-            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+            other => {
+                eprintln!("spill_bench: unknown argument {other:?}\n\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     opts.run = Duration::from_secs_f64(seconds.unwrap_or(if opts.smoke { 0.1 } else { 2.0 }));
