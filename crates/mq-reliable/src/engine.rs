@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -40,9 +39,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::checkpoint::Checkpointer;
-use crate::error::{Error, Result, invalid};
+use crate::error::{Error, Result, SpillError, invalid};
 use crate::message::{Message, Receipt, SpillReason, record};
-use crate::spill::{Spill, SpillPos, SpillReader};
+use crate::spill::{Durable, Spill, SpillPos, SpillReader};
 use crate::state::{Counters, PublisherState, Stats, bump};
 
 /// The broker's verdict on one message.
@@ -545,7 +544,8 @@ struct Actor {
     blocked: bool,
     backoff: Backoff,
     inflight: InFlight,
-    spill_waits: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Appends awaiting their fsync, in append order.
+    spill_waits: VecDeque<SpillWait>,
     replay: Option<ReplayRun>,
     next_run: u64,
     /// Intake paused so the replay can reach the end of the log.
@@ -584,7 +584,7 @@ impl Actor {
             blocked: false,
             backoff,
             inflight: InFlight::default(),
-            spill_waits: FuturesUnordered::new(),
+            spill_waits: VecDeque::new(),
             replay: None,
             next_run: 0,
             paused: false,
@@ -620,7 +620,8 @@ impl Actor {
             tokio::select! {
                 biased;
                 () = ready.notify.notified() => self.on_ready(),
-                Some(()) = self.spill_waits.next(), if !self.spill_waits.is_empty() => {
+                done = SpillFront(&mut self.spill_waits), if !self.spill_waits.is_empty() => {
+                    self.on_spilled(done);
                     if let Some(run) = &mut self.replay {
                         run.at_end = false;
                     }
@@ -736,31 +737,36 @@ impl Actor {
     ) {
         let rec = record::encode(msg);
         match self.spill.append(&rec) {
-            Ok(durable) => {
-                let counters = Arc::clone(&self.counters);
-                let backend = self.backend();
-                self.spill_waits.push(Box::pin(async move {
-                    match durable.await {
-                        Ok(()) => {
-                            bump(&counters.spilled);
-                            metrics::counter!(
-                                "mq_reliable_spilled_total",
-                                "backend" => backend,
-                                "reason" => reason.as_str()
-                            )
-                            .increment(1);
-                            let _ = reply.send(Ok(Receipt::Spilled(reason)));
-                        }
-                        Err(e) => {
-                            error!(error = %e, "spill append failed to become durable");
-                            let _ = reply.send(Err(Error::Spill(e)));
-                        }
-                    }
-                }));
-            }
+            Ok(durable) => self.spill_waits.push_back(SpillWait {
+                durable,
+                reply,
+                reason,
+            }),
             Err(e) => {
                 error!(message_id = %msg.id(), error = %e, "spill append failed");
                 let _ = reply.send(Err(Error::Spill(e)));
+            }
+        }
+    }
+
+    /// Appends that became durable (or failed), in append order.
+    fn on_spilled(&mut self, done: Vec<(SpillWait, Result<(), SpillError>)>) {
+        for (wait, res) in done {
+            match res {
+                Ok(()) => {
+                    bump(&self.counters.spilled);
+                    metrics::counter!(
+                        "mq_reliable_spilled_total",
+                        "backend" => self.transport.name(),
+                        "reason" => wait.reason.as_str()
+                    )
+                    .increment(1);
+                    let _ = wait.reply.send(Ok(Receipt::Spilled(wait.reason)));
+                }
+                Err(e) => {
+                    error!(error = %e, "spill append failed to become durable");
+                    let _ = wait.reply.send(Err(Error::Spill(e)));
+                }
             }
         }
     }
@@ -1191,6 +1197,43 @@ impl Future for LinkEvents<'_> {
         match self.0.as_mut() {
             Some(link) => link.poll_event(cx),
             None => Poll::Pending,
+        }
+    }
+}
+
+/// One message waiting for its spill append to be durable.
+struct SpillWait {
+    durable: Durable,
+    reply: oneshot::Sender<Result<Receipt>>,
+    reason: SpillReason,
+}
+
+/// Resolves with the appends that finished, front first. Records of one
+/// writer become durable in append order, so only the front one needs a
+/// waker: when it completes, those behind it that completed too are taken
+/// in the same pass, and the first one still pending registers the waker.
+/// (Were the order ever different, this would only delay receipts.)
+struct SpillFront<'a>(&'a mut VecDeque<SpillWait>);
+
+impl Future for SpillFront<'_> {
+    type Output = Vec<(SpillWait, Result<(), SpillError>)>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut done = Vec::new();
+        while let Some(front) = self.0.front_mut() {
+            match front.durable.as_mut().poll(cx) {
+                Poll::Ready(res) => {
+                    if let Some(wait) = self.0.pop_front() {
+                        done.push((wait, res));
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        if done.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(done)
         }
     }
 }

@@ -580,6 +580,56 @@ async fn a_failure_during_replay_keeps_the_rest_of_the_log() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn close_gives_every_accepted_message_a_receipt() {
+    let broker = FakeBroker::new(Mode::Hold);
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, 2);
+    wait_state(&e, PublisherState::Healthy).await;
+    // Two in flight (held by the broker), more queued behind the window.
+    let mut pending = Vec::new();
+    for i in 0..6 {
+        pending.push(e.submit(msg(i)).await.unwrap());
+    }
+    settle().await;
+    let closer = tokio::spawn({
+        let e = e.clone();
+        async move { e.close().await }
+    });
+    settle().await;
+    // Nothing new gets in once closing started.
+    assert!(matches!(
+        e.submit(msg(99)).await,
+        Err(crate::Error::Closed(_))
+    ));
+    // The broker answers the two in flight; the queued ones go out too.
+    while !closer.is_finished() {
+        broker.ack_all();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for p in pending {
+        assert_eq!(p.await.unwrap(), Receipt::Confirmed);
+    }
+    assert_eq!(*e.state().borrow(), PublisherState::Closed);
+    assert!(matches!(e.flush().await, Err(crate::Error::Closed(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_spills_what_the_broker_never_answers() {
+    let broker = FakeBroker::new(Mode::Hold);
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, 4);
+    wait_state(&e, PublisherState::Healthy).await;
+    let p = e.submit(msg(0)).await.unwrap();
+    settle().await;
+    e.close().await; // waits for the confirm timeout
+    assert_eq!(
+        p.await.unwrap(),
+        Receipt::Spilled(SpillReason::ConfirmTimeout)
+    );
+    assert_eq!(spilled_ids(&spill), ["m0"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_unroutable_record_moves_to_the_tail_and_does_not_block_the_rest() {
     let broker = FakeBroker::new(Mode::Ack);
     broker.with(|s| {

@@ -47,7 +47,7 @@ pub struct KafkaConfig {
     /// Delay between recovery attempts.
     pub backoff: BackoffConfig,
     /// Persist the replay checkpoint after this many replayed deliveries.
-    /// Default 1024.
+    /// Default 4096.
     pub checkpoint_every: usize,
     /// Most spill appends awaiting their fsync at once. Default 8192.
     pub spill_window: usize,
@@ -73,7 +73,7 @@ impl Default for KafkaConfig {
             probe_timeout: Duration::from_secs(5),
             window: 1024,
             backoff: BackoffConfig::default(),
-            checkpoint_every: 1024,
+            checkpoint_every: 4096,
             spill_window: 8192,
             max_payload: 512 << 10,
             recovery_intake: 0.5,

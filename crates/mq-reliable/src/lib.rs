@@ -1,6 +1,157 @@
 //! RabbitMQ and Kafka publishing that never loses an acknowledged message.
 //!
-//! (Crate docs are written in full once the API settles.)
+//! A [`ReliablePublisher`] (RabbitMQ, through lapin) or a
+//! [`ReliableKafkaProducer`] (through librdkafka) publishes with broker
+//! confirms, tracks them asynchronously in a bounded window, and whenever the
+//! broker does not confirm a message — a nack, an unroutable return, a
+//! confirm timeout, a blocked connection, a lost channel or connection, a
+//! failed delivery report — writes it to a local, fsynced spill log (the
+//! `double-buffer` crate) and replays it once the broker is back.
+//! [`publish`](ReliablePublisher::publish) resolves only when the message is
+//! confirmed by the broker **or** durably spilled, and the [`Receipt`] says
+//! which. A [`ReliableConsumer`] consumes with manual acks, a prefetch,
+//! capped retries and a graceful shutdown; [`Dedupe`] drops the duplicates
+//! that at-least-once delivery allows; [`tune_prefetch`] measures which
+//! prefetch a consumer needs.
+//!
+//! # Quick example
+//!
+//! ```no_run
+//! use mq_reliable::{Message, PublisherConfig, QueueSpec, Receipt, ReliablePublisher, Topology};
+//!
+//! # async fn demo() -> mq_reliable::Result<()> {
+//! let cfg = PublisherConfig::new(
+//!     "amqp://guest:guest@127.0.0.1:5672/%2f",
+//!     Topology::queue(QueueSpec::quorum("orders")), // replicated to a majority
+//!     "/var/lib/myapp/spill",                        // the local spill log
+//! );
+//! let publisher = ReliablePublisher::start(cfg)?;
+//! match publisher.publish(Message::new("order-17", "3 x widget")).await? {
+//!     Receipt::Confirmed => {}            // on the broker's disks
+//!     Receipt::Spilled(why) => {          // on ours, fsynced; replayed later
+//!         eprintln!("broker unavailable ({why}); spilled");
+//!     }
+//! }
+//! // Many messages in flight from one task, in order:
+//! let mut pending = Vec::new();
+//! for i in 0..1000 {
+//!     pending.push(publisher.submit(Message::new(format!("evt-{i}"), "...")).await?);
+//! }
+//! for p in pending {
+//!     let _receipt = p.await?;
+//! }
+//! publisher.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! **What a receipt promises.**
+//! - [`Receipt::Confirmed`]: the broker acknowledged this message on the
+//!   channel it was published on, and did not return it as unroutable (every
+//!   message is published `mandatory`, persistent, with its id as
+//!   `message_id`). RabbitMQ acknowledges a persistent message routed to a
+//!   durable classic queue once that queue has written it to disk, and one
+//!   routed to a quorum queue once a majority of the queue's replicas have it.
+//!   For Kafka: the delivery report succeeded under `acks=all`, i.e. every
+//!   in-sync replica has it (at least `min.insync.replicas`; create topics with
+//!   `min.insync.replicas=2`).
+//! - [`Receipt::Spilled`]: the message was appended to the spill log and the
+//!   `fdatasync` that covers it returned before the receipt was given: it
+//!   survives a process crash, a kernel crash and a power loss (given a disk
+//!   that honours `fdatasync`). It stays in the log until the broker confirmed
+//!   it *and every record before it*; only then may the log delete it.
+//! - `Err(_)`: nothing is promised; the caller still owns the message (bad
+//!   input, a spill log that failed, a closed publisher). A message whose
+//!   receipt had not arrived when the process died is likewise unacknowledged:
+//!   it lived only in memory (the window or the spill log's buffer) and may or
+//!   may not have been delivered.
+//!
+//! **What may be delivered twice (at-least-once).** Every copy of a message
+//! carries the same `message_id`; [`Dedupe`] removes them. Copies arise only
+//! from:
+//! 1. a failure (lost connection or channel, confirm timeout, blocked
+//!    connection, failed Kafka delivery) while messages were in flight: each
+//!    may have reached the broker and is also spilled and replayed — at most
+//!    [`PublisherConfig::window`] messages per failure; a confirm that arrives
+//!    after the timeout is this case;
+//! 2. a replay interrupted by a failure: records confirmed behind one that
+//!    was not are replayed again — at most one window;
+//! 3. a process crash during a replay: records confirmed since the last
+//!    persisted checkpoint are replayed again — at most
+//!    [`PublisherConfig::checkpoint_every`] plus one window per crash.
+//!
+//! librdkafka's idempotent producer adds no copies of its own (its retries are
+//! deduplicated by the broker). On the consuming side, RabbitMQ redelivers
+//! what a consumer did not acknowledge (its connection died, or it asked for a
+//! retry).
+//!
+//! **Ordering.** Messages are accepted in the order of `submit`/`publish`
+//! calls (program order within one task; no order between publishers). While
+//! [`Healthy`](PublisherState::Healthy) they go out in that order on one
+//! channel (Kafka: per partition, kept across librdkafka's retries). The spill
+//! log keeps append order and the replay publishes in log order. While
+//! [`Degraded`](PublisherState::Degraded) or
+//! [`Recovering`](PublisherState::Recovering), new messages are appended
+//! *behind* the backlog, and the publisher is healthy again only once the
+//! replay has reached the end of the log. So, keeping the first copy of each
+//! id, the broker receives messages in accepted order, with two exceptions:
+//! a message refused on its own (a nack, or a replayed record that failed)
+//! can be overtaken by up to `window − 1` messages that were in flight with
+//! it; and an unroutable message, which is moved to the end of the log at
+//! each replay so that it does not block the records behind it, arrives only
+//! once the topology routes it, after everything published meanwhile.
+//!
+//! **Recovery pace.** While the broker is down, intake is limited only by the
+//! disk. While recovering, each replayed message earns
+//! [`PublisherConfig::recovery_intake`] (default ½) new messages, so the
+//! backlog shrinks even under full load and producers are held to the
+//! broker's pace, not blocked.
+//!
+//! **States.** [`ReliablePublisher::state`] is a watch of
+//! `Healthy → Degraded (spilling) → Recovering (replaying) → Healthy`;
+//! transitions are logged with `tracing` at info level (failures at warn).
+//! Reconnects use exponential backoff with jitter ([`BackoffConfig`]); every
+//! reconnect declares the topology again (durable exchange, durable classic
+//! or quorum queue, binding) and re-enables confirms.
+//!
+//! # Broker traps, checked against the pinned clients
+//!
+//! - lapin 4.12: on a lost connection every pending confirm fails with an
+//!   error and nothing is republished (with auto-recovery the delivery tags
+//!   restart too). This crate keeps every unconfirmed message itself, spills
+//!   it, and reconnects on its own (lapin's auto-recovery stays off).
+//! - An unroutable `mandatory` message comes back as `basic.return` followed
+//!   by an *ack*: lapin reports `Confirmation::Ack(Some(returned))` — but hands
+//!   the return to whichever confirm completes next, which after a `multiple`
+//!   ack may belong to another message. This crate matches returns by
+//!   `message_id` and drains every completed confirm before acting on any
+//!   (see `engine.rs`), so a returned message is never reported confirmed.
+//! - Prefetch after a reconnect: the consumer applies `basic.qos` on every new
+//!   channel before `basic.consume`, so the limit holds after recovery whatever
+//!   lapin's recovery does.
+//! - `connection.blocked` (memory or disk alarm; also `channel.flow`): the
+//!   broker stops reading. In-flight messages are spilled, new ones too, and
+//!   the replay waits for `connection.unblocked`.
+//! - librdkafka: `enable.idempotence` defaults to false and
+//!   `message.timeout.ms` to 300 s; [`KafkaConfig`] forces idempotence and
+//!   `acks=all` and bounds the timeout (10 s by default).
+//!
+//! # Observability
+//!
+//! `metrics` counters `mq_reliable_confirms_total`, `mq_reliable_spilled_total`
+//! (label `reason`), `mq_reliable_replayed_total`, `mq_reliable_nacks_total`,
+//! `mq_reliable_returns_total`, `mq_reliable_confirm_timeouts_total`,
+//! `mq_reliable_corrupt_records_total`, gauges `mq_reliable_state` (0 healthy,
+//! 1 degraded, 2 recovering, 3 closed) and `mq_reliable_inflight` (label
+//! `backend`); consumer counters `mq_reliable_consumer_{acks,retries,rejects,
+//! poisoned}_total`. The same numbers are in [`Stats`] and [`ConsumerStats`].
+//!
+//! # Features
+//!
+//! `rabbitmq` (lapin: publisher, consumer, tuner) and `kafka` (rdkafka), both
+//! on by default. The engine, the spill log, [`Dedupe`] and the configuration
+//! types build without either.
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 

@@ -585,6 +585,7 @@ where
             let outcome = match outcome {
                 Outcome::Retry if prior >= max_retries => {
                     counters.poisoned.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("mq_reliable_consumer_poisoned_total").increment(1);
                     warn!(key = %key, retries = prior, "retry limit reached: rejecting (poison message)");
                     Outcome::Reject
                 }
@@ -595,6 +596,7 @@ where
                 Outcome::Ack => {
                     lock(&retries).forget(&key);
                     counters.acked.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("mq_reliable_consumer_acks_total").increment(1);
                     d.acker.ack(BasicAckOptions::default()).await
                 }
                 Outcome::Retry => {
@@ -602,6 +604,7 @@ where
                         lock(&retries).bump(&key, memory);
                     }
                     counters.retried.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("mq_reliable_consumer_retries_total").increment(1);
                     d.acker
                         .nack(BasicNackOptions {
                             multiple: false,
@@ -612,6 +615,7 @@ where
                 Outcome::Reject => {
                     lock(&retries).forget(&key);
                     counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("mq_reliable_consumer_rejects_total").increment(1);
                     d.acker
                         .nack(BasicNackOptions {
                             multiple: false,
