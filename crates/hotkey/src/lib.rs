@@ -117,6 +117,7 @@ mod report;
 mod rule;
 mod scan;
 mod sketch;
+mod sync;
 mod window;
 #[cfg(feature = "zookeeper")]
 mod zk;

@@ -21,7 +21,7 @@
 //! a 24-bit counter saturates at 16,777,215 (then the key is far above any
 //! valid candidate level anyway).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 
 const COUNT_BITS: u32 = 24;
 const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;

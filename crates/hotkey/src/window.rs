@@ -1,6 +1,6 @@
 //! Exact sliding windows for candidate keys: a ring of time buckets.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 
 const COUNT_MASK: u64 = 0xFFFF_FFFF;
 
