@@ -23,7 +23,15 @@ impl DiskStorage {
     /// Opens (creating it if needed) and locks `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+            // The new directory's own entry must survive a crash too.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)
+                    .and_then(|p| p.sync_all())
+                    .map_err(|e| Error::io("fsync directory", parent, e))?;
+            }
+        }
         let lock_path = dir.join(LOCK_NAME);
         let lock = OpenOptions::new()
             .create(true)

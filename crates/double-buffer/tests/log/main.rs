@@ -326,3 +326,54 @@ fn record_ids_stay_unique_after_every_segment_is_deleted(env: &Env) {
         log.close().unwrap();
     }
 }
+
+#[test]
+fn a_directory_is_opened_by_one_log_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = double_buffer::SpillLog::open(dir.path(), small()).unwrap();
+    match double_buffer::SpillLog::open(dir.path(), small()) {
+        Err(Error::Locked { path }) => assert_eq!(path, dir.path()),
+        other => panic!("expected Locked, got {:?}", other.map(|(_, r)| r)),
+    }
+    log.close().unwrap();
+    let (log, _) = double_buffer::SpillLog::open(dir.path(), small()).unwrap();
+    log.close().unwrap();
+    // A file where the directory should be is an I/O error naming it, not a panic.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let err = double_buffer::SpillLog::open(&file, small()).unwrap_err();
+    assert!(err.to_string().contains("not-a-dir"), "{err}");
+}
+
+#[test]
+fn replay_misuse_is_refused_with_typed_errors() {
+    let env = Env::mem();
+    let (log, _) = env.open(small()).unwrap();
+    log.append(b"one").unwrap().wait().unwrap();
+    let mut replay = log.replay().unwrap();
+    assert!(matches!(log.replay(), Err(Error::ReplayBusy)));
+    let first = replay.next_record().unwrap().unwrap().position();
+    log.append(b"two").unwrap().wait().unwrap();
+    let second = replay.next_record().unwrap().unwrap().position();
+    replay.commit_to(second).unwrap();
+    assert!(
+        matches!(replay.commit_to(first), Err(Error::InvalidPosition { .. })),
+        "behind the checkpoint"
+    );
+    log.append(b"three").unwrap().wait().unwrap();
+    drop(replay);
+    let mut replay = log.replay().unwrap();
+    let third = replay.next_record().unwrap().unwrap();
+    assert_eq!(third.payload(), b"three");
+    let beyond = third.position();
+    let mut fresh = {
+        drop(replay);
+        log.replay().unwrap()
+    };
+    assert!(
+        matches!(fresh.commit_to(beyond), Err(Error::InvalidPosition { .. })),
+        "beyond the reader"
+    );
+    drop(fresh);
+    log.close().unwrap();
+}
