@@ -77,6 +77,7 @@ pub fn decode_key(name: &str) -> Result<Vec<u8>> {
 }
 
 /// Checks that `name` can be one path segment (an app name).
+#[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
 pub(crate) fn validate_segment(field: &str, name: &str) -> Result<()> {
     if name.is_empty()
         || name == "."
@@ -96,6 +97,7 @@ pub(crate) fn validate_segment(field: &str, name: &str) -> Result<()> {
 }
 
 /// Checks that `root` is an absolute znode path of valid segments.
+#[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
 pub(crate) fn validate_root(field: &str, root: &str) -> Result<()> {
     let Some(rest) = root.strip_prefix('/') else {
         return Err(Error::config(field, root, "must start with '/'"));
