@@ -290,12 +290,17 @@ impl Registry {
             }
             self.renews.increment(now);
             slot.lease.renew(now);
-            (status != own).then_some(status)
+            status != own
         };
-        if let Some(status) = fix_status {
-            self.change(app, id, now, |info, _| {
-                info.status = status;
-                true
+        if fix_status {
+            // Recomputed under the journal lock: the override may have moved meanwhile.
+            self.change(app, id, now, |info, slot_override| {
+                let status = effective_status(info.status, *slot_override, Some(info.status), is_replication);
+                let changed = status != info.status && status != Status::Unknown;
+                if changed {
+                    info.status = status;
+                }
+                changed
             })?;
         }
         let slot = entry.instances.get(id).ok_or_else(|| unknown(app, id))?;

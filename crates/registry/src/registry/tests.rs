@@ -314,13 +314,19 @@ fn deltas_and_hashcodes_agree_under_concurrent_writers() {
     let mut local = LocalRegistry::default();
     local.replace(&r.applications());
     let mut incremental = local.clone();
-    // Bounded writers (the delta queue keeps every change for the retention window).
+    // Bounded writers (the delta queue keeps every change for the retention window),
+    // started together with the reader and yielding often, so that reads interleave.
+    let start = Arc::new(std::sync::Barrier::new(4));
     let writers: Vec<_> = (0..3u64)
         .map(|w| {
-            let r = r.clone();
+            let (r, start) = (r.clone(), start.clone());
             std::thread::spawn(move || {
                 let mut x = w + 1;
-                for _ in 0..3_000 {
+                start.wait();
+                for k in 0..4_000 {
+                    if k % 8 == 0 {
+                        std::thread::yield_now();
+                    }
                     x = x
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
@@ -337,8 +343,11 @@ fn deltas_and_hashcodes_agree_under_concurrent_writers() {
         })
         .collect();
     let mut checked = 0;
+    let mut versions_seen = std::collections::BTreeSet::new();
+    start.wait();
     while checked < 20 || writers.iter().any(|w| !w.is_finished()) {
         let delta = r.delta(T0);
+        versions_seen.insert(delta.version);
         assert!(
             local.apply_delta(&delta),
             "hashcode mismatch at version {}",
@@ -361,6 +370,7 @@ fn deltas_and_hashcodes_agree_under_concurrent_writers() {
         checked += 1;
     }
     writers.into_iter().for_each(|t| t.join().unwrap());
+    assert!(versions_seen.len() >= 20, "the reader must run while the writers write: {versions_seen:?}");
     assert!(local.apply_delta(&r.delta(T0)));
     assert_eq!(
         records(&local.to_applications()),
