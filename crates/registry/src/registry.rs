@@ -295,7 +295,12 @@ impl Registry {
         if fix_status {
             // Recomputed under the journal lock: the override may have moved meanwhile.
             self.change(app, id, now, |info, slot_override| {
-                let status = effective_status(info.status, *slot_override, Some(info.status), is_replication);
+                let status = effective_status(
+                    info.status,
+                    *slot_override,
+                    Some(info.status),
+                    is_replication,
+                );
                 let changed = status != info.status && status != Status::Unknown;
                 if changed {
                     info.status = status;

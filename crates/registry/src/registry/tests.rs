@@ -370,7 +370,10 @@ fn deltas_and_hashcodes_agree_under_concurrent_writers() {
         checked += 1;
     }
     writers.into_iter().for_each(|t| t.join().unwrap());
-    assert!(versions_seen.len() >= 20, "the reader must run while the writers write: {versions_seen:?}");
+    assert!(
+        versions_seen.len() >= 20,
+        "the reader must run while the writers write: {versions_seen:?}"
+    );
     assert!(local.apply_delta(&r.delta(T0)));
     assert_eq!(
         records(&local.to_applications()),

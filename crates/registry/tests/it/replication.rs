@@ -165,13 +165,25 @@ async fn changes_acknowledged_while_a_peer_is_down_reach_it_when_it_comes_up() {
     // A answers its clients while B is unreachable, and keeps the work queued.
     assert_eq!(register(&ua, "QUEUED", "q1").await.status(), 204);
     assert_eq!(register(&ua, "QUEUED", "q2").await.status(), 204);
-    assert_eq!(code(http().delete(format!("{ua}/apps/QUEUED/q2"))).await, 200);
+    assert_eq!(
+        code(http().delete(format!("{ua}/apps/QUEUED/q2"))).await,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     // B starts without peers, so it cannot sync: only A's retried batches can fill it.
     let b = node(down, &[], 0).await;
     let want: BTreeMap<String, Status> = [("QUEUED/q1".to_owned(), Status::Up)].into();
-    converge(&[&a, &b], &want, "queued replication delivered after the peer came up").await;
-    assert_eq!(b.counters().registrations, 0, "B got the registration only by replication batch");
+    converge(
+        &[&a, &b],
+        &want,
+        "queued replication delivered after the peer came up",
+    )
+    .await;
+    assert_eq!(
+        b.counters().registrations,
+        0,
+        "B got the registration only by replication batch"
+    );
     assert!(a.replication_dropped().iter().all(|(_, d)| *d == 0));
     for n in [a, b] {
         n.shutdown(Duration::from_secs(5)).await.unwrap();
