@@ -557,29 +557,37 @@ async fn watch_delay(trials: usize) -> (f64, f64) {
         }
         // Respect the coalescing interval before starting the clock.
         tokio::time::sleep(Duration::from_millis(101)).await;
+        // Each watcher's change notification is awaited by its own task, so
+        // nothing spins while the watchers work.
         let t0 = Instant::now();
+        let waiters: Vec<_> = watchers
+            .iter()
+            .map(|w| {
+                let (set, key) = (w.set(), key.clone());
+                let mut changes = set.subscribe();
+                tokio::spawn(async move {
+                    while !set.is_hot(&key) {
+                        if tokio::time::timeout(Duration::from_secs(10), changes.changed())
+                            .await
+                            .is_err()
+                        {
+                            panic!(
+                                "a watcher did not see {} within 10 s",
+                                String::from_utf8_lossy(&key)
+                            );
+                        }
+                    }
+                    t0.elapsed().as_secs_f64() * 1000.0
+                })
+            })
+            .collect();
         let outcome = publisher.sync(&hot).await.unwrap();
         assert!(
             matches!(outcome, SyncOutcome::Written { .. }),
             "{outcome:?}"
         );
-        let mut pending: Vec<HotKeySet> = watchers.iter().map(|w| w.set()).collect();
-        while !pending.is_empty() {
-            pending.retain(|s| {
-                if s.is_hot(&key) {
-                    samples.push(t0.elapsed().as_secs_f64() * 1000.0);
-                    false
-                } else {
-                    true
-                }
-            });
-            tokio::task::yield_now().await;
-            if t0.elapsed() > Duration::from_secs(10) {
-                panic!(
-                    "a watcher did not see {} within 10 s",
-                    String::from_utf8_lossy(&key)
-                );
-            }
+        for w in waiters {
+            samples.push(w.await.unwrap());
         }
     }
     // Clean up: remove the keys, then the nodes.
