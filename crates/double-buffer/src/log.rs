@@ -221,19 +221,22 @@ impl Slice {
         Poll::Pending
     }
 
-    /// Wakes the waiters of records up to `id` (all of them if `id` is `u64::MAX`).
-    fn wake_upto(&self, id: u64, scratch: &mut Vec<Waker>) {
-        {
-            let mut waiters = lock(&self.waiters);
-            let mut i = 0;
-            while i < waiters.len() {
-                if waiters[i].0 <= id {
-                    scratch.push(waiters.swap_remove(i).1);
-                } else {
-                    i += 1;
-                }
+    /// Moves the wakers of records up to `id` (all of them if `id` is `u64::MAX`) to `out`.
+    fn collect_waiters(&self, id: u64, out: &mut Vec<Waker>) {
+        let mut waiters = lock(&self.waiters);
+        let mut i = 0;
+        while i < waiters.len() {
+            if waiters[i].0 <= id {
+                out.push(waiters.swap_remove(i).1);
+            } else {
+                i += 1;
             }
         }
+    }
+
+    /// Wakes the waiters of records up to `id` (all of them if `id` is `u64::MAX`).
+    fn wake_upto(&self, id: u64, scratch: &mut Vec<Waker>) {
+        self.collect_waiters(id, scratch);
         for w in scratch.drain(..) {
             w.wake();
         }
@@ -813,11 +816,11 @@ impl Engine {
     /// One group commit: take every slice's pending buffer, write them as one group, sync,
     /// then publish durability and give the buffers back. `Ok(false)` if there was nothing.
     pub(crate) fn flush_round(&self) -> Result<bool> {
-        let mut fl = lock(&self.flusher);
+        let mut guard = lock(&self.flusher);
         if let Some(e) = self.signals.failure.get() {
             return Err(e.clone());
         }
-        let fl = &mut *fl;
+        let fl = &mut *guard;
         for (i, s) in self.slices.iter().enumerate() {
             if let Some(b) = s.buffer.take() {
                 fl.taken.push((i, b));
@@ -826,7 +829,9 @@ impl Engine {
         if fl.taken.is_empty() {
             return Ok(false);
         }
-        match self.write_group(fl) {
+        let mut woken = std::mem::take(&mut fl.wake);
+        let outcome = self.write_group(fl);
+        match &outcome {
             Ok(()) => {
                 // Readers see a segment once its first group is durable (with direct I/O that
                 // group carries the segment header too).
@@ -845,14 +850,30 @@ impl Engine {
                     let last = batch.last_tag();
                     slice.durable.fetch_max(last, Ordering::AcqRel);
                     slice.buffer.restore(batch);
-                    slice.wake_upto(last, &mut fl.wake);
+                    slice.collect_waiters(last, &mut woken);
+                }
+            }
+            Err(_) => {
+                for (i, batch) in fl.taken.drain(..) {
+                    self.slices[i].buffer.restore(batch);
+                }
+            }
+        }
+        // Wake outside the flusher's lock: a waker may run code that calls back into the log.
+        drop(guard);
+        match outcome {
+            Ok(()) => {
+                for w in woken.drain(..) {
+                    w.wake();
+                }
+                // Keep the (now empty) vector's capacity for the next round.
+                let mut guard = lock(&self.flusher);
+                if guard.wake.capacity() < woken.capacity() {
+                    guard.wake = woken;
                 }
                 Ok(true)
             }
             Err(e) => {
-                for (i, batch) in fl.taken.drain(..) {
-                    self.slices[i].buffer.restore(batch);
-                }
                 self.fail(e.clone());
                 Err(e)
             }
