@@ -70,7 +70,8 @@
 //!   the per-status counts, the version and the delta queue. Every full registry and
 //!   every delta is taken under that lock, so its `apps__hashcode` is exactly the
 //!   registry's at its `versions__delta`, also under concurrent writers. Heartbeats do
-//!   not take that lock (lease timestamps in fetched documents are as of the snapshot).
+//!   not take that lock, except when the override rules change a status (lease
+//!   timestamps in fetched documents are as of the snapshot).
 //! - **Visibility.** Serialized responses are cached per registry version: the first
 //!   read after a change rebuilds them, so a registration is visible to the next read.
 //!   `GET /apps/delta?version=N&wait=30s` returns as soon as the registry moves past N.

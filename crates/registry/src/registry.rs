@@ -24,6 +24,9 @@ use crate::model::{
     reconcile_hashcode,
 };
 
+/// The most metadata entries an instance may hold (as [`InstanceInfo::validate`] checks).
+const MAX_METADATA: usize = 256;
+
 /// Called with the new version after every visible change (outside every lock).
 pub type ChangeListener = Arc<dyn Fn(u64) + Send + Sync>;
 
@@ -382,6 +385,18 @@ impl Registry {
                 "metadata",
                 "",
                 "keys must be 1 to 256 bytes",
+            ));
+        }
+        let current = self.instance(app, id).ok_or_else(|| unknown(app, id))?;
+        let added = entries
+            .keys()
+            .filter(|k| current.info.metadata.get(k).is_none())
+            .count();
+        if current.info.metadata.len() + added > MAX_METADATA {
+            return Err(Error::invalid(
+                "metadata",
+                (current.info.metadata.len() + added).to_string(),
+                "an instance holds at most 256 metadata entries",
             ));
         }
         self.change(app, id, now, |info, _| {

@@ -225,6 +225,13 @@ fn metadata_updates_merge_and_show_in_the_delta() {
         ActionType::Modified
     );
     assert!(r.update_metadata("A", "zz", &m, T0).is_err());
+    let many: BTreeMap<String, String> =
+        (0..300).map(|k| (format!("k{k}"), String::new())).collect();
+    let err = r
+        .update_metadata("A", "a1", &many, T0 + 2)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("301") && err.contains("at most 256"), "{err}");
 }
 
 #[test]
