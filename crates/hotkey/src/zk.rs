@@ -306,6 +306,9 @@ impl fmt::Debug for ZkPublisher {
     }
 }
 
+/// Request size one write transaction stays under.
+const MAX_MULTI_BYTES: usize = 512 * 1024;
+
 fn node_acls() -> [Acl; 2] {
     [
         Acl::new(Permission::ALL, AuthId::authed()),
@@ -443,9 +446,29 @@ impl ZkPublisher {
             return Ok(SyncOutcome::UpToDate);
         }
         let total = creates.len() + deletes.len();
+        // Bounded by operations and by bytes (a request must stay well below
+        // the server's 1 MiB jute.maxbuffer): creations first, they matter most.
         let max = self.cfg.max_ops_per_write;
-        let creates = &creates[..creates.len().min(max)];
-        let deletes = &deletes[..deletes.len().min(max - creates.len())];
+        let op_bytes = |key: &[u8]| self.app_path.len() + 3 * key.len() + 160;
+        let mut budget = MAX_MULTI_BYTES;
+        let fits = |key: &[u8], budget: &mut usize| {
+            let cost = op_bytes(key);
+            let ok = cost <= *budget;
+            *budget = budget.saturating_sub(cost);
+            ok
+        };
+        let n_creates = creates
+            .iter()
+            .take(max)
+            .take_while(|(k, _)| fits(k, &mut budget))
+            .count();
+        let creates = &creates[..n_creates];
+        let n_deletes = deletes
+            .iter()
+            .take(max - n_creates)
+            .take_while(|k| fits(k, &mut budget))
+            .count();
+        let deletes = &deletes[..n_deletes];
 
         if let Some(last) = self.last_write {
             tokio::time::sleep_until(last + self.cfg.min_write_interval).await;

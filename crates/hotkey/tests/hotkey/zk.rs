@@ -395,3 +395,39 @@ async fn watcher_and_publisher_recover_from_session_expiry() {
     publisher.shutdown().await;
     cleanup(&cfg).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_keys_are_split_over_transactions_or_skipped() {
+    let addr = zk_addr();
+    let cfg = config("longkeys", &addr);
+    let mut publisher = ZkPublisher::connect(cfg.clone()).await.unwrap();
+    let watch = HotKeySet::watch(watch_cfg(&cfg, &addr)).await.unwrap();
+    // 400 keys of 1024 bytes that all need escaping: ~1.2 MB of paths, more
+    // than one request may carry.
+    let mut desired: Vec<HotKey> = (0..400u32)
+        .map(|i| {
+            let mut key = vec![0xffu8; 1024];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            hot(&key)
+        })
+        .collect();
+    desired.push(hot(&[b'x'; 1025])); // over max_key_len
+    while publisher.stats().published < 400 {
+        let _ = publisher.sync(&desired).await.unwrap();
+    }
+    let stats = publisher.stats();
+    assert!(stats.writes >= 3, "{stats:?}");
+    assert_eq!(
+        stats.skipped_long_keys as usize, stats.writes as usize,
+        "skipped once per sync"
+    );
+    let set = watch.set();
+    wait_until(
+        "the watcher to see 400 long keys",
+        Duration::from_secs(10),
+        || set.len() == 400,
+    )
+    .await;
+    assert!(set.is_hot(&desired[399].key) && !set.is_hot(&[b'x'; 1025]));
+    cleanup(&cfg).await;
+}
