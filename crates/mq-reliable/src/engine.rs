@@ -174,6 +174,54 @@ pub(crate) struct Engine {
     what: &'static str,
 }
 
+/// The methods every publisher type (RabbitMQ, Kafka) shares, delegating
+/// to its `engine` field.
+macro_rules! publisher_api {
+    () => {
+        /// Publishes `msg` and waits until the broker confirmed it or it was
+        /// durably spilled. An `Err` means it was not acknowledged at all
+        /// (bad input, spill log failure, closed publisher).
+        pub async fn publish(&self, msg: $crate::Message) -> $crate::Result<$crate::Receipt> {
+            self.submit(msg).await?.await
+        }
+
+        /// Hands `msg` over, waiting only for room in the window; the
+        /// returned future resolves like `publish`. Lets one task keep many
+        /// messages in flight, in order.
+        pub async fn submit(&self, msg: $crate::Message) -> $crate::Result<$crate::PendingReceipt> {
+            self.engine.submit(msg).await
+        }
+
+        /// Waits until every message submitted before is confirmed by the
+        /// broker — spilled ones included, after their replay — and the
+        /// spill log is empty. Waits as long as the broker is away.
+        pub async fn flush(&self) -> $crate::Result<()> {
+            self.engine.flush().await
+        }
+
+        /// The current state, as a watch: `borrow()` it, or `changed()` /
+        /// `wait_for` a transition.
+        pub fn state(&self) -> tokio::sync::watch::Receiver<$crate::PublisherState> {
+            self.engine.state()
+        }
+
+        /// Counters since start.
+        pub fn stats(&self) -> $crate::Stats {
+            self.engine.stats()
+        }
+
+        /// Stops taking new messages (`submit` then fails with
+        /// [`Error::Closed`](crate::Error::Closed)), publishes or spills those
+        /// already handed over, waits for the verdicts of those in flight
+        /// (spilling any that fail or time out), persists the replay
+        /// checkpoint and closes the connection.
+        pub async fn close(&self) {
+            self.engine.close().await;
+        }
+    };
+}
+pub(crate) use publisher_api;
+
 /// Resolves to the receipt of one submitted message.
 #[must_use = "the message is acknowledged only when this resolves to Ok"]
 #[derive(Debug)]
@@ -194,6 +242,19 @@ impl Future for PendingReceipt {
 }
 
 impl Engine {
+    /// Opens the disk spill log of `spill` (recovering it) and starts the
+    /// actor over `transport`.
+    pub(crate) fn open(
+        cfg: EngineConfig,
+        spill: &crate::spill::SpillConfig,
+        transport: impl Transport,
+        what: &'static str,
+    ) -> Result<Engine> {
+        cfg.validate()?;
+        let spill = crate::spill::DiskSpill::open(spill)?;
+        Engine::start(cfg, Arc::new(transport), Arc::new(spill), what)
+    }
+
     /// Starts the actor on the current tokio runtime.
     pub(crate) fn start(
         cfg: EngineConfig,

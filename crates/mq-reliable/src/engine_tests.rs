@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::BackoffConfig;
 use crate::engine::{
-    ConnectFuture, Engine, EngineConfig, Link, LinkEvent, SendFuture, SendOutcome, Transport,
+    ConnectFuture, Engine, EngineConfig, Link, LinkEvent, PendingReceipt, SendFuture, SendOutcome,
+    Transport,
 };
 use crate::message::{Message, Receipt, SpillReason, record};
 use crate::spill::MemorySpill;
@@ -267,6 +268,21 @@ async fn settle() {
     }
 }
 
+/// A healthy engine whose broker holds every message, with `n` messages
+/// submitted and on the wire (their receipts pending).
+async fn held(window: usize, n: usize) -> (FakeBroker, MemorySpill, Engine, Vec<PendingReceipt>) {
+    let broker = FakeBroker::new(Mode::Hold);
+    let spill = MemorySpill::new();
+    let e = start(&broker, &spill, window);
+    wait_state(&e, PublisherState::Healthy).await;
+    let mut pending = Vec::new();
+    for i in 0..n {
+        pending.push(e.submit(msg(i)).await.unwrap());
+    }
+    settle().await;
+    (broker, spill, e, pending)
+}
+
 fn first_occurrences(ids: &[String]) -> Vec<String> {
     let mut seen = HashSet::new();
     ids.iter()
@@ -360,15 +376,7 @@ async fn a_nack_spills_the_message_and_it_is_replayed_later() {
 
 #[tokio::test(start_paused = true)]
 async fn a_return_riding_on_another_confirm_is_never_reported_confirmed() {
-    let broker = FakeBroker::new(Mode::Hold);
-    let spill = MemorySpill::new();
-    let e = start(&broker, &spill, 8);
-    wait_state(&e, PublisherState::Healthy).await;
-    let mut pending = Vec::new();
-    for i in 0..4 {
-        pending.push(e.submit(msg(i)).await.unwrap());
-    }
-    settle().await;
+    let (broker, spill, e, pending) = held(8, 4).await;
     assert_eq!(broker.held_ids().len(), 4);
     // lapin attaches the return of m2 to whichever confirm completes first
     // after it: here m3's (a later message), then m2's own plain ack.
@@ -581,16 +589,8 @@ async fn a_failure_during_replay_keeps_the_rest_of_the_log() {
 
 #[tokio::test(start_paused = true)]
 async fn close_gives_every_accepted_message_a_receipt() {
-    let broker = FakeBroker::new(Mode::Hold);
-    let spill = MemorySpill::new();
-    let e = start(&broker, &spill, 2);
-    wait_state(&e, PublisherState::Healthy).await;
     // Two in flight (held by the broker), more queued behind the window.
-    let mut pending = Vec::new();
-    for i in 0..6 {
-        pending.push(e.submit(msg(i)).await.unwrap());
-    }
-    settle().await;
+    let (broker, _spill, e, pending) = held(2, 6).await;
     let closer = tokio::spawn({
         let e = e.clone();
         async move { e.close().await }
@@ -615,12 +615,8 @@ async fn close_gives_every_accepted_message_a_receipt() {
 
 #[tokio::test(start_paused = true)]
 async fn close_spills_what_the_broker_never_answers() {
-    let broker = FakeBroker::new(Mode::Hold);
-    let spill = MemorySpill::new();
-    let e = start(&broker, &spill, 4);
-    wait_state(&e, PublisherState::Healthy).await;
-    let p = e.submit(msg(0)).await.unwrap();
-    settle().await;
+    let (_broker, spill, e, mut pending) = held(4, 1).await;
+    let p = pending.pop().unwrap();
     e.close().await; // waits for the confirm timeout
     assert_eq!(
         p.await.unwrap(),

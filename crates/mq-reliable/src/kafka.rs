@@ -1,24 +1,20 @@
 //! `ReliableKafkaProducer`: librdkafka's idempotent producer with awaited
 //! delivery reports, behind the same spill-and-replay engine as RabbitMQ.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use tokio::sync::watch;
 
 use crate::backoff::BackoffConfig;
 use crate::engine::{
-    ConnectFuture, Engine, EngineConfig, Link, LinkEvent, PendingReceipt, SendFuture, SendOutcome,
-    Transport,
+    ConnectFuture, Engine, EngineConfig, Link, LinkEvent, SendFuture, SendOutcome, Transport,
 };
 use crate::error::{Result, invalid};
-use crate::message::{Message, Receipt};
-use crate::spill::{DiskSpill, SpillConfig};
-use crate::state::{PublisherState, Stats};
+use crate::message::Message;
+use crate::spill::SpillConfig;
 
 /// Configuration of a [`ReliableKafkaProducer`].
 ///
@@ -213,54 +209,17 @@ impl ReliableKafkaProducer {
     /// [`ReliablePublisher::start`](crate::ReliablePublisher::start)).
     pub fn start(cfg: KafkaConfig) -> Result<ReliableKafkaProducer> {
         cfg.validate()?;
-        let spill = DiskSpill::open(&cfg.spill)?;
         let engine_cfg = cfg.engine();
         let transport = KafkaTransport {
             client: cfg.client_config(),
             topic: cfg.topic,
             probe_timeout: cfg.probe_timeout,
         };
-        let engine = Engine::start(
-            engine_cfg,
-            Arc::new(transport),
-            Arc::new(spill),
-            "kafka producer",
-        )?;
+        let engine = Engine::open(engine_cfg, &cfg.spill, transport, "kafka producer")?;
         Ok(ReliableKafkaProducer { engine })
     }
 
-    /// Produces `msg`; resolves once its delivery report is a success or it
-    /// was durably spilled.
-    pub async fn publish(&self, msg: Message) -> Result<Receipt> {
-        self.submit(msg).await?.await
-    }
-
-    /// Hands `msg` over, waiting only for room in the window.
-    pub async fn submit(&self, msg: Message) -> Result<PendingReceipt> {
-        self.engine.submit(msg).await
-    }
-
-    /// Waits until everything submitted before is delivered and the spill
-    /// log is empty.
-    pub async fn flush(&self) -> Result<()> {
-        self.engine.flush().await
-    }
-
-    /// The current state.
-    pub fn state(&self) -> watch::Receiver<PublisherState> {
-        self.engine.state()
-    }
-
-    /// Counters since start (`confirmed` counts successful delivery
-    /// reports).
-    pub fn stats(&self) -> Stats {
-        self.engine.stats()
-    }
-
-    /// Stops, as [`ReliablePublisher::close`](crate::ReliablePublisher::close).
-    pub async fn close(&self) {
-        self.engine.close().await;
-    }
+    crate::engine::publisher_api!();
 }
 
 struct KafkaTransport {

@@ -35,6 +35,13 @@ impl Message {
         }
     }
 
+    /// A message with a fresh random id (128 bits, hex), for producers that
+    /// have no natural id. Keep the message (or its id) to retry it: a
+    /// retried message must carry the same id for consumers to dedupe it.
+    pub fn with_generated_id(payload: impl Into<Bytes>) -> Message {
+        Message::new(format!("{:032x}", rand::random::<u128>()), payload)
+    }
+
     /// Overrides the routing key (RabbitMQ) or the record key (Kafka).
     #[must_use]
     pub fn with_routing_key(mut self, key: impl Into<String>) -> Message {
@@ -262,6 +269,15 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("routing key"), "{e}");
         Message::new("id", "x").validate(10).unwrap();
+    }
+
+    #[test]
+    fn generated_ids_are_valid_and_distinct() {
+        let a = Message::with_generated_id("x");
+        let b = Message::with_generated_id("x");
+        assert_ne!(a.id(), b.id());
+        assert_eq!(a.id().len(), 32);
+        a.validate(10).unwrap();
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::error::{Error, Result, invalid};
-use crate::rabbit::{check_heartbeat, connect, declare_queue, parse_url, short};
+use crate::rabbit::{check_connection, connect, declare_queue, parse_url, short};
 use crate::topology::QueueSpec;
 
 /// Configuration of a [`ReliableConsumer`].
@@ -90,7 +90,7 @@ impl ConsumerConfig {
 
     /// Checks every field; the error names the field and its value.
     pub fn validate(&self) -> Result<()> {
-        parse_url(&self.url, self.heartbeat)?;
+        check_connection(&self.url, self.heartbeat, self.connect_timeout)?;
         self.queue.validate()?;
         if self.prefetch == 0 {
             return Err(invalid(
@@ -111,14 +111,6 @@ impl ConsumerConfig {
                 "retry_memory",
                 self.retry_memory,
                 "must be positive",
-            ));
-        }
-        check_heartbeat("heartbeat", self.heartbeat)?;
-        if self.connect_timeout < Duration::from_millis(10) {
-            return Err(invalid(
-                "connect_timeout",
-                self.connect_timeout,
-                "must be at least 10 ms",
             ));
         }
         self.backoff.validate()

@@ -38,10 +38,26 @@ fn url_reason(e: &str) -> &'static str {
     }
 }
 
-/// Checks a heartbeat interval.
-pub(crate) fn check_heartbeat(field: &'static str, d: Duration) -> Result<()> {
-    if d.is_zero() || d > Duration::from_secs(3600) {
-        return Err(invalid(field, d, "must be between 1 s and 1 h"));
+/// Checks the connection settings every RabbitMQ configuration has.
+pub(crate) fn check_connection(
+    url: &str,
+    heartbeat: Duration,
+    connect_timeout: Duration,
+) -> Result<()> {
+    parse_url(url, heartbeat)?;
+    if heartbeat < Duration::from_secs(1) || heartbeat > Duration::from_secs(3600) {
+        return Err(invalid(
+            "heartbeat",
+            heartbeat,
+            "must be between 1 s and 1 h",
+        ));
+    }
+    if connect_timeout < Duration::from_millis(10) {
+        return Err(invalid(
+            "connect_timeout",
+            connect_timeout,
+            "must be at least 10 ms",
+        ));
     }
     Ok(())
 }

@@ -11,19 +11,16 @@ use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Event};
-use tokio::sync::watch;
 use tracing::debug;
 
 use crate::backoff::BackoffConfig;
 use crate::engine::{
-    ConnectFuture, Engine, EngineConfig, Link, LinkEvent, PendingReceipt, SendFuture, SendOutcome,
-    Transport,
+    ConnectFuture, Engine, EngineConfig, Link, LinkEvent, SendFuture, SendOutcome, Transport,
 };
 use crate::error::{Result, invalid};
-use crate::message::{Message, Receipt};
-use crate::rabbit::{check_heartbeat, connect, declare, parse_url, short};
-use crate::spill::{DiskSpill, SpillConfig};
-use crate::state::{PublisherState, Stats};
+use crate::message::Message;
+use crate::rabbit::{check_connection, connect, declare, parse_url, short};
+use crate::spill::SpillConfig;
 use crate::topology::Topology;
 
 /// Configuration of a [`ReliablePublisher`].
@@ -108,17 +105,9 @@ impl PublisherConfig {
 
     /// Checks every field; the error names the field and its value.
     pub fn validate(&self) -> Result<()> {
-        parse_url(&self.url, self.heartbeat)?;
+        check_connection(&self.url, self.heartbeat, self.connect_timeout)?;
         self.topology.validate()?;
         self.spill.validate()?;
-        check_heartbeat("heartbeat", self.heartbeat)?;
-        if self.connect_timeout < Duration::from_millis(10) {
-            return Err(invalid(
-                "connect_timeout",
-                self.connect_timeout,
-                "must be at least 10 ms",
-            ));
-        }
         if self.max_payload > self.max_payload_limit() {
             return Err(invalid(
                 "max_payload",
@@ -157,7 +146,7 @@ impl PublisherConfig {
 /// asynchronously for up to [`PublisherConfig::window`] messages at once.
 /// [`publish`](Self::publish) resolves only when the broker confirmed the
 /// message **or** it was durably appended to the local spill log; the
-/// [`Receipt`] says which. See the crate docs for the exact guarantees.
+/// [`Receipt`](crate::Receipt) says which. See the crate docs for the exact guarantees.
 ///
 /// Cloning is cheap; all clones share one connection and one spill log.
 /// Must be created inside a tokio runtime.
@@ -174,7 +163,6 @@ impl ReliablePublisher {
     /// directory.
     pub fn start(cfg: PublisherConfig) -> Result<ReliablePublisher> {
         cfg.validate()?;
-        let spill = DiskSpill::open(&cfg.spill)?;
         let engine_cfg = cfg.engine();
         let transport = AmqpTransport {
             uri: parse_url(&cfg.url, cfg.heartbeat)?,
@@ -182,54 +170,11 @@ impl ReliablePublisher {
             connect_timeout: cfg.connect_timeout,
             name: cfg.connection_name,
         };
-        let engine = Engine::start(
-            engine_cfg,
-            Arc::new(transport),
-            Arc::new(spill),
-            "publisher",
-        )?;
+        let engine = Engine::open(engine_cfg, &cfg.spill, transport, "publisher")?;
         Ok(ReliablePublisher { engine })
     }
 
-    /// Publishes `msg` and waits until the broker confirmed it or it was
-    /// durably spilled. An `Err` means it was not acknowledged at all (bad
-    /// input, spill log failure, closed publisher).
-    pub async fn publish(&self, msg: Message) -> Result<Receipt> {
-        self.submit(msg).await?.await
-    }
-
-    /// Hands `msg` to the publisher, waiting only for room in the window;
-    /// the returned future resolves like [`publish`](Self::publish). Lets
-    /// one task keep many messages in flight, in order.
-    pub async fn submit(&self, msg: Message) -> Result<PendingReceipt> {
-        self.engine.submit(msg).await
-    }
-
-    /// Waits until every message submitted before is confirmed by the
-    /// broker — spilled ones included, after their replay — and the spill
-    /// log is empty. Waits as long as the broker is away.
-    pub async fn flush(&self) -> Result<()> {
-        self.engine.flush().await
-    }
-
-    /// The current state, as a watch: `borrow()` it, or `changed()` /
-    /// `wait_for` a transition.
-    pub fn state(&self) -> watch::Receiver<PublisherState> {
-        self.engine.state()
-    }
-
-    /// Counters since start.
-    pub fn stats(&self) -> Stats {
-        self.engine.stats()
-    }
-
-    /// Stops accepting messages, waits for the verdicts of those in flight
-    /// (spilling any that fail or time out), persists the replay checkpoint
-    /// and closes the connection. Messages still queued behind are refused
-    /// with [`Error::Closed`](crate::Error::Closed).
-    pub async fn close(&self) {
-        self.engine.close().await;
-    }
+    crate::engine::publisher_api!();
 }
 
 struct AmqpTransport {

@@ -250,3 +250,33 @@ async fn graceful_shutdown_finishes_in_flight_work() {
     // Everything else is back in the queue.
     wait_ready(&url, &queue, u32::try_from(200 - finished).unwrap()).await;
 }
+
+/// The tuner against the real broker: one row per prefetch, the bound
+/// held, a recommendation among the values tried, its queues deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefetch_tuner_measures_and_recommends() {
+    let url = url();
+    let prefix = unique("tuner");
+    let cfg = mq_reliable::TunerConfig {
+        url: url.clone(),
+        prefetch_values: vec![1, 25],
+        handler_latency: Duration::from_millis(1),
+        messages: 400,
+        max_run: Duration::from_secs(3),
+        queue_prefix: prefix.clone(),
+        ..mq_reliable::TunerConfig::default()
+    };
+    let report = mq_reliable::tune_prefetch(&cfg).await.unwrap();
+    assert_eq!(report.rows.len(), 2);
+    for row in &report.rows {
+        assert!(row.consumed > 0 && row.throughput > 0.0, "{row:?}");
+        assert!(row.peak_unacked <= u64::from(row.prefetch), "{row:?}");
+    }
+    // 25 handlers at once beat one at a time by far with 1 ms of work.
+    assert!(
+        report.rows[1].throughput > 2.0 * report.rows[0].throughput,
+        "{report:?}"
+    );
+    assert_eq!(report.recommended, 25);
+    assert!(report.svg().contains("recommended: 25"));
+}
