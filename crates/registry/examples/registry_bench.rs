@@ -81,11 +81,13 @@ fn run(plan: &Plan) -> Result<()> {
     // 1. Heartbeats: PUT /apps/{APP}/{ID} on pre-registered instances.
     let server = start(&rt)?;
     preload(server.registry(), "HB", plan.heartbeat_instances);
+    let cpu0 = cpu_seconds()?;
     let hb = spawn_loadgen(&json!({
         "kind": "heartbeat", "addr": server.local_addr().to_string(), "secs": plan.phase.as_secs_f64(),
         "conns": 8, "app": "HB", "ids": plan.heartbeat_instances,
     }))?
     .finish()?;
+    let server_cpu = cpu_seconds()? - cpu0;
     let heartbeats_rps = hb["ok"].as_f64().unwrap_or(0.0) / hb["secs"].as_f64().unwrap_or(1.0);
     check_errors("heartbeats", &hb)?;
     rows.push(row(
@@ -93,10 +95,24 @@ fn run(plan: &Plan) -> Result<()> {
         format!("{heartbeats_rps:.0}"),
         lat(&hb),
     ));
+    let per = |cpu: f64, v: &Value| cpu * 1e6 / v["ok"].as_f64().unwrap_or(1.0).max(1.0);
+    let heartbeat_cpu_us = per(server_cpu, &hb);
+    rows.push(row(
+        "  CPU per heartbeat: server / load generator",
+        format!(
+            "{heartbeat_cpu_us:.1} µs / {:.1} µs",
+            per(hb["cpu_s"].as_f64().unwrap_or(0.0), &hb)
+        ),
+        format!(
+            "server busy {:.0} % of one core",
+            server_cpu * 100.0 / hb["secs"].as_f64().unwrap_or(1.0)
+        ),
+    ));
     rt.block_on(server.shutdown(Duration::from_secs(5)))?;
 
     // 2. Registrations: POST /apps/{APP} with a ~700-byte JSON body, each a new instance.
     let server = start(&rt)?;
+    let cpu0 = cpu_seconds()?;
     let reg = spawn_loadgen(&json!({
         "kind": "register", "addr": server.local_addr().to_string(), "secs": plan.phase.as_secs_f64(),
         "conns": plan.conns,
@@ -111,10 +127,23 @@ fn run(plan: &Plan) -> Result<()> {
             reg["ok"]
         );
     }
+    let server_cpu = cpu_seconds()? - cpu0;
     rows.push(row(
         "registrations/s (HTTP, new instances)",
         format!("{registrations_rps:.0}"),
         lat(&reg),
+    ));
+    rows.push(row(
+        "  CPU per registration: server / load generator",
+        format!(
+            "{:.1} µs / {:.1} µs",
+            per(server_cpu, &reg),
+            per(reg["cpu_s"].as_f64().unwrap_or(0.0), &reg)
+        ),
+        format!(
+            "server busy {:.0} % of one core",
+            server_cpu * 100.0 / reg["secs"].as_f64().unwrap_or(1.0)
+        ),
     ));
     rt.block_on(server.shutdown(Duration::from_secs(5)))?;
 
@@ -243,6 +272,7 @@ fn run(plan: &Plan) -> Result<()> {
             "bytes_per_instance": bytes_per_instance.round(),
             "full_fetch_10k_p99_ms": (fetch_p99 * 10.0).round() / 10.0,
             "full_fetch_naive_ms": (naive * 10.0).round() / 10.0,
+            "heartbeat_server_cpu_us": (heartbeat_cpu_us * 10.0).round() / 10.0,
             "mem_instances": plan.mem_instances,
         })
     );
@@ -506,8 +536,9 @@ async fn closed_loop(spec: &Value) -> Result<Value> {
         lat.extend(l);
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu_s = cpu_seconds()?;
     Ok(summary(
-        json!({"ok": ok, "errors": errors, "secs": secs, "bytes": bytes}),
+        json!({"ok": ok, "errors": errors, "secs": secs, "bytes": bytes, "cpu_s": cpu_s}),
         &mut lat,
     ))
 }
@@ -570,6 +601,17 @@ fn summary(mut v: Value, lat: &mut [u32]) -> Value {
     v["p99_us"] = json!(q(0.99));
     v["max_us"] = json!(lat.last().copied().unwrap_or(0));
     v
+}
+
+/// User + system CPU time of this process so far (from /proc/self/stat, 100 Hz ticks).
+fn cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
 }
 
 // ---------------------------------------------------------------- memory child
