@@ -70,6 +70,11 @@ async fn eureka_js_client_registers_renews_fetches_and_deregisters() {
     assert_eq!(me["port"], 7070);
     assert!(me["heartbeats"].as_u64().unwrap() >= 3);
     assert!(seen_by_server);
+    // Its delta handling and every request went through without a complaint.
+    assert!(
+        !stderr.contains("[warn]") && !stderr.contains("[error]"),
+        "the js client complained:\n{stderr}"
+    );
     assert!(
         server.registry().instance("JSAPP", "jsapp-1").is_none(),
         "de-registered on the server"
