@@ -189,3 +189,42 @@ async fn changes_acknowledged_while_a_peer_is_down_reach_it_when_it_comes_up() {
         n.shutdown(Duration::from_secs(5)).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn peers_replicate_with_the_shared_credentials() {
+    let auth = registry::Auth::Bearer("peer-secret".into());
+    let (pa, pb) = (free_port(), free_port());
+    let secured = |port: u16, peer: u16| ServerConfig {
+        bind: format!("127.0.0.1:{port}").parse().unwrap(),
+        peers: vec![format!("http://127.0.0.1:{peer}")],
+        auth: Some(auth.clone()),
+        ..cfg()
+    };
+    let a = Server::start(secured(pa, pb)).await.unwrap();
+    let b = Server::start(secured(pb, pa)).await.unwrap();
+    let body = crate::support::instance_json("SAFE", "s1", 1);
+    let post = |with: bool| {
+        let mut r = http()
+            .post(format!("{}/apps/SAFE", a.service_url()))
+            .header("Content-Type", "application/json")
+            .body(body.clone());
+        if with {
+            r = r.header("Authorization", auth.header_value());
+        }
+        code(r)
+    };
+    assert_eq!(post(false).await, 401);
+    assert_eq!(post(true).await, 204);
+    let want: BTreeMap<String, Status> = [("SAFE/s1".to_owned(), Status::Up)].into();
+    converge(&[&a, &b], &want, "replication carries the credentials").await;
+    // A batch without them is refused.
+    let forged = http()
+        .post(format!("{}/peerreplication/batch", b.service_url()))
+        .header(registry::REPLICATION_HEADER, "true")
+        .body(r#"{"replicationList":[{"action":"Cancel","appName":"SAFE","id":"s1"}]}"#);
+    assert_eq!(code(forged).await, 401);
+    assert!(b.registry().instance("SAFE", "s1").is_some());
+    for n in [a, b] {
+        n.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
