@@ -29,9 +29,9 @@ usage: spill_bench [--smoke] [--dir DIR] [--seconds S]
   --seconds S  length of each timed run (default 2, smoke 0.1)
 
 Runs (a) lock + write + fdatasync per record, (b) a single-slice double buffer, (c) the
-sharded double buffer, at 1/2/4/8 writers, 256 B and 4 KiB records, each record waited on
-until durable (a writer keeps up to 256 records in flight, like as many async tasks); the
-sharded log with O_DIRECT; then latency at half the peak rate, fire-and-forget appends,
+sharded double buffer (and, at 8 writers, the same with O_DIRECT), at 1/2/4/8 writers, 256 B
+and 4 KiB records, each record waited on until durable (a writer keeps up to 256 records in
+flight, like as many async tasks); the variants of a cell take turns in 3 rounds; then latency at half the peak rate, fire-and-forget appends,
 replay, raw disk bandwidth (page cache + fdatasync, and O_DIRECT).
 Ends with a one-line JSON summary.";
 
@@ -234,6 +234,26 @@ fn writer(
     Ok((n, lat))
 }
 
+/// What one timed run collected, before percentiles: runs of one cell are merged.
+#[derive(Default)]
+struct Sample {
+    records: u64,
+    secs: f64,
+    lat: Vec<u32>,
+}
+
+impl Sample {
+    fn merge(samples: Vec<Sample>, size: usize) -> Outcome {
+        let mut all = Sample::default();
+        for s in samples {
+            all.records += s.records;
+            all.secs += s.secs;
+            all.lat.extend(s.lat);
+        }
+        summarize(all.records, all.records * size as u64, all.secs, all.lat)
+    }
+}
+
 /// Runs `writers` threads against `sink` for `run`.
 fn timed(
     sink: &Sink<'_>,
@@ -242,6 +262,19 @@ fn timed(
     rate: Option<f64>,
     run: Duration,
 ) -> Result<Outcome> {
+    Ok(Sample::merge(
+        vec![timed_raw(sink, writers, size, rate, run)?],
+        size,
+    ))
+}
+
+fn timed_raw(
+    sink: &Sink<'_>,
+    writers: usize,
+    size: usize,
+    rate: Option<f64>,
+    run: Duration,
+) -> Result<Sample> {
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let results: Vec<Result<(u64, Vec<u32>)>> = std::thread::scope(|s| {
@@ -260,14 +293,53 @@ fn timed(
             .collect()
     });
     let secs = started.elapsed().as_secs_f64();
-    let mut records = 0;
-    let mut lat = Vec::new();
+    let mut sample = Sample {
+        records: 0,
+        secs,
+        lat: Vec::new(),
+    };
     for r in results {
         let (n, l) = r?;
-        records += n;
-        lat.extend(l);
+        sample.records += n;
+        sample.lat.extend(l);
     }
-    Ok(summarize(records, records * size as u64, secs, lat))
+    Ok(sample)
+}
+
+/// The ways of writing that are compared.
+#[derive(Clone, Copy)]
+enum Variant {
+    Naive,
+    Log { slices: usize, direct: bool },
+}
+
+/// One run of `variant` in a fresh directory.
+fn run_variant(
+    base: &Path,
+    variant: Variant,
+    writers: usize,
+    size: usize,
+    run: Duration,
+) -> Result<Sample> {
+    let dir = scratch(base, "run")?;
+    match variant {
+        Variant::Naive => {
+            let naive = Naive::open(&dir.path().join("naive.log"))?;
+            timed_raw(&Sink::Naive(&naive), writers, size, None, run)
+        }
+        Variant::Log { slices, direct } => {
+            let (log, _) = SpillLog::open(
+                dir.path(),
+                Config {
+                    direct_io: direct,
+                    ..config(slices)
+                },
+            )?;
+            let sample = timed_raw(&Sink::Log(&log), writers, size, None, run)?;
+            log.close()?;
+            Ok(sample)
+        }
+    }
 }
 
 fn config(slices: usize) -> Config {
@@ -367,53 +439,65 @@ fn main() -> Result<()> {
     println!("{header}");
     let mut table = vec![header];
     let writer_counts = [1usize, 2, 4, 8];
-    let mut naive_8 = Outcome::default();
-    let mut single_8 = Outcome::default();
-    let mut sharded_8 = Outcome::default();
-    let mut sharded_4k_8 = Outcome::default();
+    // Each cell runs its variants in turn, in `rounds` rounds of `run / rounds`, so that the
+    // shared machine's drifting load hits them alike; a cell's rounds are merged.
+    let rounds: u32 = if opts.smoke { 1 } else { 3 };
+    let slot = opts.run / rounds;
+    let variants = [
+        ("(a) lock+write+fsync", Variant::Naive),
+        (
+            "(b) single slice",
+            Variant::Log {
+                slices: 1,
+                direct: false,
+            },
+        ),
+        (
+            "(c) sharded",
+            Variant::Log {
+                slices: sharded_slices,
+                direct: false,
+            },
+        ),
+        (
+            "(c) sharded, O_DIRECT",
+            Variant::Log {
+                slices: sharded_slices,
+                direct: true,
+            },
+        ),
+    ];
+    let mut at_8 = std::collections::HashMap::new();
     for size in [256usize, 4096] {
         for &writers in &writer_counts {
-            let dir = scratch(&opts.dir, "naive")?;
-            let naive = Naive::open(&dir.path().join("naive.log"))?;
-            let o = timed(&Sink::Naive(&naive), writers, size, None, opts.run)?;
-            row(&mut table, "(a) lock+write+fsync", writers, size, &o);
-            if size == 256 && writers == 8 {
-                naive_8 = o;
+            // O_DIRECT only at 8 writers: it is the same design with another write path.
+            let cell: Vec<_> = variants
+                .iter()
+                .filter(|(name, _)| writers == 8 || !name.contains("O_DIRECT"))
+                .collect();
+            let mut samples: Vec<Vec<Sample>> = cell.iter().map(|_| Vec::new()).collect();
+            for _ in 0..rounds {
+                for (i, (_, variant)) in cell.iter().enumerate() {
+                    samples[i].push(run_variant(&opts.dir, *variant, writers, size, slot)?);
+                }
             }
-        }
-        for (name, slices) in [("(b) single slice", 1), ("(c) sharded", sharded_slices)] {
-            for &writers in &writer_counts {
-                let dir = scratch(&opts.dir, "log")?;
-                let (log, _) = SpillLog::open(dir.path(), config(slices))?;
-                let o = timed(&Sink::Log(&log), writers, size, None, opts.run)?;
-                log.close()?;
+            for ((name, _), samples) in cell.iter().zip(samples) {
+                let o = Sample::merge(samples, size);
                 row(&mut table, name, writers, size, &o);
-                match (slices == 1, size, writers) {
-                    (true, 256, 8) => single_8 = o,
-                    (false, 256, 8) => sharded_8 = o,
-                    (false, 4096, 8) => sharded_4k_8 = o,
-                    _ => {}
+                if writers == 8 {
+                    at_8.insert((*name, size), o);
                 }
             }
         }
     }
-
-    // The sharded log with direct I/O, at 8 writers.
-    let mut direct_rows = Vec::new();
-    for size in [256usize, 4096] {
-        let dir = scratch(&opts.dir, "direct")?;
-        let (log, _) = SpillLog::open(
-            dir.path(),
-            Config {
-                direct_io: true,
-                ..config(sharded_slices)
-            },
-        )?;
-        let o = timed(&Sink::Log(&log), 8, size, None, opts.run)?;
-        log.close()?;
-        row(&mut table, "(c) sharded, O_DIRECT", 8, size, &o);
-        direct_rows.push(o);
-    }
+    let naive_8 = at_8[&("(a) lock+write+fsync", 256)];
+    let single_8 = at_8[&("(b) single slice", 256)];
+    let sharded_8 = at_8[&("(c) sharded", 256)];
+    let sharded_4k_8 = at_8[&("(c) sharded", 4096)];
+    let direct_rows = [
+        at_8[&("(c) sharded, O_DIRECT", 256)],
+        at_8[&("(c) sharded, O_DIRECT", 4096)],
+    ];
 
     // Latency at half the peak durable rate (sharded, 256 B, 8 writers).
     let half = sharded_8.rps() / 2.0;
