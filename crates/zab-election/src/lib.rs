@@ -79,6 +79,8 @@ mod quorum;
 mod types;
 
 #[cfg(feature = "node")]
+pub mod cli;
+#[cfg(feature = "node")]
 pub mod node;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -233,6 +233,9 @@ pub struct Peer<Q> {
     early: BTreeMap<ServerId, EarlyInfo>,
     /// The highest accepted epoch any learner reported (volatile).
     epoch_hint: Epoch,
+    /// The last LOOKING notification of each server that arrived while we
+    /// were not looking; replayed when we look again.
+    deferred: BTreeMap<ServerId, Notification>,
 
     loopback: VecDeque<Notification>,
     outbox: VecDeque<(ServerId, Message)>,
@@ -290,6 +293,7 @@ impl<Q: QuorumVerifier> Peer<Q> {
             sessions: 0,
             early: BTreeMap::new(),
             epoch_hint: 0,
+            deferred: BTreeMap::new(),
             loopback: VecDeque::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -541,6 +545,15 @@ impl<Q: QuorumVerifier> Peer<Q> {
         self.poll_deadline = self.now + self.not_timeout;
         self.emit_status();
         self.send_notifications();
+        // Votes that reached us while we still followed or led are processed
+        // now, as if they had just arrived (a delay the protocol tolerates).
+        // ZooKeeper drops them and waits for the sender's next timeout.
+        for (from, n) in std::mem::take(&mut self.deferred) {
+            self.drain_loopback();
+            if self.state == ServerState::Looking {
+                self.look(from, n);
+            }
+        }
     }
 
     fn init_vote(&self) -> (Vote, bool) {
@@ -626,6 +639,7 @@ impl<Q: QuorumVerifier> Peer<Q> {
                 round: self.current_vote_round,
             };
             self.send(from, Message::Notification(reply));
+            self.deferred.insert(from, n);
         }
     }
 

@@ -556,6 +556,10 @@ impl Manager {
                         }
                     },
                     Ok(None) => break,
+                    Err(Error::Io(e)) => {
+                        tracing::debug!(peer, error = %e, "connection closed");
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(peer, error = %e, "closing the connection");
                         let _ = tx.send(InternalBox(Internal::Bad {
