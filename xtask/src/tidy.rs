@@ -140,3 +140,58 @@ fn ci_runs_the_readme_test_command() {
         ".ci/run must run `cargo xtask test`"
     );
 }
+
+#[test]
+fn zab_election_core_does_no_io_and_reads_no_clock() {
+    // The sans-IO core: everything but the driver modules (`node`,
+    // `transport`, `cli`), the simulator and the binary.
+    let src = workspace_root().join("crates/zab-election/src");
+    let core = [
+        "lib.rs",
+        "config.rs",
+        "error.rs",
+        "message.rs",
+        "peer.rs",
+        "quorum.rs",
+        "types.rs",
+    ];
+    let drivers = ["node.rs", "transport.rs", "cli.rs", "sim.rs"];
+    for entry in fs::read_dir(&src).expect("zab-election/src exists") {
+        let name = entry.expect("readable entry").file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".rs") {
+            assert!(
+                core.contains(&name.as_ref()) || drivers.contains(&name.as_ref()),
+                "crates/zab-election/src/{name}: add it to the core list of this test, or to \
+                 the drivers if it really does I/O"
+            );
+        }
+    }
+    for file in core {
+        let text = read(&src.join(file));
+        let code: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for banned in [
+            "tokio::",
+            "use tokio",
+            "std::net",
+            "Instant::now",
+            "SystemTime::now",
+            "std::thread",
+            "std::fs",
+        ] {
+            // lib.rs re-exports tokio for users of the `node` feature.
+            if file == "lib.rs" && banned == "use tokio" {
+                continue;
+            }
+            assert!(
+                !code.contains(banned),
+                "crates/zab-election/src/{file} uses `{banned}`: the election core must not do I/O \
+                 or read the clock (only node.rs, transport.rs, cli.rs and sim.rs may)"
+            );
+        }
+    }
+}
