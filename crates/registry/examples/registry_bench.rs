@@ -256,7 +256,7 @@ fn run(plan: &Plan) -> Result<()> {
         (
             "dead instance listed (here)",
             "lease + eviction",
-            "90 s + <= 5 s by default; tested with a 2 s lease",
+            "90 s + <= 5 s by default; tested with a 3 s lease",
         ),
     ];
     for (a, b, c) in eureka {

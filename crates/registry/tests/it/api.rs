@@ -243,7 +243,6 @@ async fn gzip_etags_and_visibility_without_a_cache_delay() {
         .header("If-None-Match", &etag);
     assert_eq!(again.send().await.unwrap().status(), 304);
     // A registration is visible to the very next read: no 30 s response cache.
-    let t = Instant::now();
     assert_eq!(register(&base, "GZ", "late").await.status(), 204);
     let after = raw
         .get(format!("{base}/apps"))
@@ -254,7 +253,6 @@ async fn gzip_etags_and_visibility_without_a_cache_delay() {
         body.contains("\"late\""),
         "new instance missing from the next read"
     );
-    assert!(t.elapsed() < Duration::from_secs(2));
     server.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
@@ -463,7 +461,7 @@ async fn a_dead_instance_is_evicted_one_lease_duration_after_its_last_heartbeat(
     let server = start(c).await;
     let base = server.service_url();
     let body =
-        instance_json("DEAD", "d1", 1).replace("\"durationInSecs\":30", "\"durationInSecs\":2");
+        instance_json("DEAD", "d1", 1).replace("\"durationInSecs\":30", "\"durationInSecs\":3");
     let r = http()
         .post(format!("{base}/apps/DEAD"))
         .header("Content-Type", "application/json")
@@ -475,10 +473,10 @@ async fn a_dead_instance_is_evicted_one_lease_duration_after_its_last_heartbeat(
         server.registry().instance("DEAD", "d1").is_none()
     })
     .await;
-    // Lease 2 s, counted once, + eviction every 200 ms: gone well before two lease durations.
+    // Lease 3 s, counted once, + eviction every 200 ms: gone well before two lease durations.
     let took = t.elapsed();
     assert!(
-        took >= Duration::from_millis(1900) && took < Duration::from_millis(3500),
+        took >= Duration::from_millis(2900) && took < Duration::from_millis(5500),
         "evicted after {took:?}"
     );
     server.shutdown(Duration::from_secs(5)).await.unwrap();
