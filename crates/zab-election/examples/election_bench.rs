@@ -101,10 +101,10 @@ impl ZabCluster {
                         field(&line, "peer_epoch")?.parse().ok()?,
                     ))
                 })();
-                if let Some(st) = st {
-                    if tx.send((id, st, at)).is_err() {
-                        return;
-                    }
+                if let Some(st) = st
+                    && tx.send((id, st, at)).is_err()
+                {
+                    return;
                 }
             }
         });

@@ -133,7 +133,7 @@ impl Message {
                 &[leader, session, accepted_epoch, current_epoch, zxid],
             ),
             Message::LeaderInfo { session, epoch } => {
-                words(out, KIND_LEADER_INFO, &[session, epoch])
+                words(out, KIND_LEADER_INFO, &[session, epoch]);
             }
             Message::AckEpoch {
                 session,

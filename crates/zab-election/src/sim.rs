@@ -140,14 +140,14 @@ impl Oracle {
                                 .filter(|(r, _)| *r == d.round)
                                 .map(|(_, c)| *c)
                         };
-                        if let Some(c) = creds {
-                            if c > d.vote {
-                                self.violations.push(Violation::LeaderNotMaximal {
-                                    at: id,
-                                    vote: d.vote,
-                                    supporter: c,
-                                });
-                            }
+                        if let Some(c) = creds
+                            && c > d.vote
+                        {
+                            self.violations.push(Violation::LeaderNotMaximal {
+                                at: id,
+                                vote: d.vote,
+                                supporter: c,
+                            });
                         }
                     }
                 }
@@ -163,7 +163,7 @@ impl Oracle {
                             epoch: *epoch,
                             first,
                             second: id,
-                        })
+                        });
                     }
                     _ => {
                         self.leaders_by_epoch.insert(*epoch, id);
@@ -187,15 +187,15 @@ impl Oracle {
                     .entry(*epoch)
                     .or_default()
                     .insert(id, *leader);
-                if let Some(&l) = self.leaders_by_epoch.get(epoch) {
-                    if l != *leader {
-                        self.violations.push(Violation::LearnerDisagrees {
-                            learner: id,
-                            epoch: *epoch,
-                            its_leader: *leader,
-                            leader: l,
-                        });
-                    }
+                if let Some(&l) = self.leaders_by_epoch.get(epoch)
+                    && l != *leader
+                {
+                    self.violations.push(Violation::LearnerDisagrees {
+                        learner: id,
+                        epoch: *epoch,
+                        its_leader: *leader,
+                        leader: l,
+                    });
                 }
                 let mut leaders: BTreeSet<ServerId> =
                     self.learners_by_epoch[epoch].values().copied().collect();
@@ -532,7 +532,7 @@ impl Sim {
                 let Some(Reverse(m)) = self.queue.pop() else {
                     continue;
                 };
-                self.deliver(m);
+                self.deliver(&m);
             } else if let Some((_, id)) = next_timer {
                 let now = self.now;
                 self.with_peer(id, |p| p.tick(now));
@@ -627,7 +627,7 @@ impl Sim {
         self.queue = kept.into_iter().collect();
     }
 
-    fn deliver(&mut self, m: InFlight) {
+    fn deliver(&mut self, m: &InFlight) {
         if !self.is_up(m.to) {
             self.stats.dropped += 1;
             return;
@@ -641,10 +641,10 @@ impl Sim {
             }
         };
         self.stats.delivered += 1;
-        if let (Message::Notification(n), Some(c)) = (msg, m.creds) {
-            if n.state == ServerState::Looking {
-                self.oracle.delivered_looking(m.to, m.from, n.round, c);
-            }
+        if let (Message::Notification(n), Some(c)) = (msg, m.creds)
+            && n.state == ServerState::Looking
+        {
+            self.oracle.delivered_looking(m.to, m.from, n.round, c);
         }
         let now = self.now;
         self.with_peer(m.to, |p| {

@@ -432,10 +432,10 @@ impl Manager {
             return;
         };
         link.last_sent = Some(msg);
-        if let Some((_, w)) = &link.conn {
-            if w.send(msg.to_frame()).is_ok() {
-                return;
-            }
+        if let Some((_, w)) = &link.conn
+            && w.send(msg.to_frame()).is_ok()
+        {
+            return;
         }
         if link.queue.len() >= self.config.queue_capacity {
             link.queue.pop_front();
@@ -591,7 +591,7 @@ impl Manager {
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
-        if !link.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
+        if link.conn.as_ref().is_none_or(|(c, _)| *c != conn) {
             return;
         }
         link.conn = None;

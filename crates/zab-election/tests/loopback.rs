@@ -114,10 +114,10 @@ impl Cluster {
                     let agree = lines
                         .iter()
                         .all(|x| x.leader == l && x.peer_epoch == e && x.state != "LOOKING");
-                    if let (true, Some(l)) = (agree && e > min_epoch, l) {
-                        if latest.get(&l).is_some_and(|x| x.state == "LEADING") {
-                            return (l, e);
-                        }
+                    if let (true, Some(l)) = (agree && e > min_epoch, l)
+                        && latest.get(&l).is_some_and(|x| x.state == "LEADING")
+                    {
+                        return (l, e);
                     }
                 }
             }

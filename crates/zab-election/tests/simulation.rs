@@ -98,10 +98,8 @@ fn chaos(seed: u64, n: u64) -> Duration {
         match sim.rng().random_range(0..100) {
             0..10 => sim.crash(a),
             10..25 => sim.restart(a),
-            25..35 => {
-                if a != b {
-                    sim.cut(a, b);
-                }
+            25..35 if a != b => {
+                sim.cut(a, b);
             }
             35..40 => sim.isolate(a),
             40..55 => sim.recover(),
@@ -117,11 +115,9 @@ fn chaos(seed: u64, n: u64) -> Duration {
                 let hi = sim.rng().random_range(1..600);
                 sim.set_delay(Duration::from_micros(100), hi * MS);
             }
-            85..92 => {
-                if a != b {
-                    let p = sim.rng().random_range(0.0..1.0);
-                    sim.drop(a, b, p);
-                }
+            85..92 if a != b => {
+                let p = sim.rng().random_range(0.0..1.0);
+                sim.drop(a, b, p);
             }
             _ => {}
         }
