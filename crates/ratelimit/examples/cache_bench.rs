@@ -81,8 +81,8 @@ impl Plan {
         } else {
             Plan {
                 permit_iters: 20_000_000,
-                rounds: 10,
-                gets_per_round: 3_000,
+                rounds: 30,
+                gets_per_round: 2_000,
                 hot_for: Duration::from_secs(5),
             }
         }
@@ -139,6 +139,16 @@ fn main() -> Result<()> {
         "sequential, median of rounds".into(),
     ));
     rows.push((
+        "client CPU per call: raw GET / ProtectedCache::get".into(),
+        format!("{:.1} us / {:.1} us", redis.cpu_us[0], redis.cpu_us[3]),
+        "all client threads; robust to a busy machine".into(),
+    ));
+    rows.push((
+        "raw pipelined GETRANGE 0..probe + EXISTS".into(),
+        format!("{:.1} us", redis.raw_probe_us),
+        "what get sends for a small value".into(),
+    ));
+    rows.push((
         "raw EVALSHA of the size-checked read script".into(),
         format!("{:.1} us", redis.raw_script_us),
         "the atomic path, for values longer than the probe".into(),
@@ -147,7 +157,7 @@ fn main() -> Result<()> {
         "ProtectedCache::get (cold key, reaches Redis)".into(),
         format!("{:.1} us", redis.cache_get_us),
         format!(
-            "{:+.1} % vs raw GET, {:+.1} % vs raw script",
+            "{:+.1} % vs raw GET (median of paired rounds), {:+.1} % vs raw script",
             redis.overhead_pct,
             pct(redis.cache_get_us, redis.raw_script_us)
         ),
@@ -278,7 +288,10 @@ fn extra_costs(plan: &Plan) -> Result<(f64, f64)> {
 struct RedisNumbers {
     raw_get_us: f64,
     raw_script_us: f64,
+    raw_probe_us: f64,
     cache_get_us: f64,
+    /// Client CPU (all threads) per call: raw GET, script, probe, ours.
+    cpu_us: [f64; 4],
     overhead_pct: f64,
     local_hits_rps: f64,
     local_hit_ns: f64,
@@ -336,37 +349,70 @@ async fn redis_part(args: &Args, plan: &Plan, threads: usize) -> Result<RedisNum
         let _ = cache.get(&cold).await?;
     }
 
-    // Alternate the three measurements round by round, so drift on a
-    // shared machine hits them alike; take the median round.
-    let (mut raw_get, mut raw_script, mut ours) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..plan.rounds {
-        let started = Instant::now();
-        for _ in 0..plan.gets_per_round {
-            let v: Vec<u8> = redis::cmd("GET").arg(&cold).query_async(&mut raw).await?;
-            black_box(v);
-        }
-        raw_get.push(started.elapsed().as_secs_f64() * 1e6 / plan.gets_per_round as f64);
-
-        let started = Instant::now();
-        for _ in 0..plan.gets_per_round {
-            let v: redis::Value = script.key(&cold).arg(limit).invoke_async(&mut raw).await?;
-            black_box(v);
-        }
-        raw_script.push(started.elapsed().as_secs_f64() * 1e6 / plan.gets_per_round as f64);
-
-        let started = Instant::now();
-        for _ in 0..plan.gets_per_round {
-            match cache.get(&cold).await? {
-                Lookup::Hit(v) => {
-                    black_box(v);
+    // The four ways of reading the cold key are interleaved in chunks of
+    // CHUNK calls, in a rotating order, so that drift on a shared machine
+    // hits them alike. Each round yields one mean per way; the overhead is
+    // the median over rounds of each round's own ratio.
+    const CHUNK: usize = 50;
+    let probe = cache.config().big_values.read_probe_bytes;
+    let mut per_round: Vec<[f64; 4]> = Vec::new();
+    let mut cpu = [0u64; 4];
+    for round in 0..plan.rounds {
+        let mut spent = [Duration::ZERO; 4];
+        for chunk in 0..plan.gets_per_round / CHUNK {
+            for i in 0..4 {
+                let way = (i + chunk + round) % 4;
+                let cpu_before = cpu_ns();
+                let started = Instant::now();
+                for _ in 0..CHUNK {
+                    match way {
+                        0 => {
+                            let v: Vec<u8> =
+                                redis::cmd("GET").arg(&cold).query_async(&mut raw).await?;
+                            black_box(v);
+                        }
+                        1 => {
+                            let v: redis::Value =
+                                script.key(&cold).arg(limit).invoke_async(&mut raw).await?;
+                            black_box(v);
+                        }
+                        2 => {
+                            let v: (Vec<u8>, i64) = redis::pipe()
+                                .cmd("GETRANGE")
+                                .arg(&cold)
+                                .arg(0)
+                                .arg(probe)
+                                .cmd("EXISTS")
+                                .arg(&cold)
+                                .query_async(&mut raw)
+                                .await?;
+                            black_box(v);
+                        }
+                        _ => match cache.get(&cold).await? {
+                            Lookup::Hit(v) => {
+                                black_box(v);
+                            }
+                            other => bail!("the cold key read returned {other:?}"),
+                        },
+                    }
                 }
-                other => bail!("the cold key read returned {other:?}"),
+                spent[way] += started.elapsed();
+                cpu[way] += cpu_ns().saturating_sub(cpu_before);
             }
         }
-        ours.push(started.elapsed().as_secs_f64() * 1e6 / plan.gets_per_round as f64);
+        let calls = (plan.gets_per_round / CHUNK * CHUNK) as f64;
+        per_round.push(spent.map(|d| d.as_secs_f64() * 1e6 / calls));
     }
-    let (raw_get_us, raw_script_us, cache_get_us) =
-        (median(raw_get), median(raw_script), median(ours));
+    let column = |i: usize| per_round.iter().map(|r| r[i]).collect::<Vec<f64>>();
+    let overhead_pct = median(per_round.iter().map(|r| pct(r[3], r[0])).collect());
+    let (raw_get_us, raw_script_us, raw_probe_us, cache_get_us) = (
+        median(column(0)),
+        median(column(1)),
+        median(column(2)),
+        median(column(3)),
+    );
+    let calls = (plan.rounds * (plan.gets_per_round / CHUNK * CHUNK)) as f64;
+    let cpu_us = cpu.map(|ns| ns as f64 / 1e3 / calls);
 
     // Local hot hits: every worker thread runs one task hammering the key.
     let _ = cache.get(&hot).await?; // fill
@@ -447,12 +493,31 @@ async fn redis_part(args: &Args, plan: &Plan, threads: usize) -> Result<RedisNum
     Ok(RedisNumbers {
         raw_get_us,
         raw_script_us,
+        raw_probe_us,
         cache_get_us,
-        overhead_pct: pct(cache_get_us, raw_get_us),
+        cpu_us,
+        overhead_pct,
         local_hits_rps,
         local_hit_ns,
         raw_get_rps,
     })
+}
+
+/// CPU time this process has used, all threads, in ns (Linux schedstat;
+/// 0 where unavailable).
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
 }
 
 fn model_name() -> String {

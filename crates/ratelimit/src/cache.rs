@@ -15,11 +15,11 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 use tokio::sync::Semaphore;
-use tokio::time::error::Elapsed;
 
 use crate::breaker::{CircuitBreaker, Permit};
 use crate::clock::{Time, nanos};
 use crate::config::{Config, Topology};
+use crate::deadline::{Deadlines, Elapsed};
 use crate::error::{Error, Result, show_key};
 use crate::flight::SingleFlight;
 use crate::guard::{self, Guarded, ReadError};
@@ -48,8 +48,12 @@ const TOO_LARGE_MEMO_TTL: Duration = Duration::from_secs(1);
 /// 3. **circuit breaker**: open → `Blank(CircuitOpen)` at once;
 /// 4. **per-instance read limit**, then for hot keys the **per-key
 ///    limit**: exhausted → `Blank(RateLimited | KeyRateLimited)`;
-/// 5. a **size-checked read** (a Lua script: `STRLEN`, then `GET` only if
-///    small enough) bounded by **`call_timeout`**: no answer in time →
+/// 5. a **size-checked read**, bounded by **`call_timeout`**: a pipelined
+///    `GETRANGE key 0 probe` + `EXISTS key` answers small values and misses
+///    at the cost of a `GET`; anything longer goes to a Lua script that
+///    returns the value only if `STRLEN` is within the limit, atomically
+///    (see [`BigValueConfig::read_probe_bytes`](crate::BigValueConfig::read_probe_bytes)).
+///    No answer in time →
 ///    `Blank(Timeout)`; a connection or server fault → `Blank(Unavailable)`.
 ///    Both count as failures for the breaker; calls that take at least
 ///    `breaker.slow_call_duration` count as slow.
@@ -66,6 +70,8 @@ pub struct ProtectedCache<C: Clock = DefaultClock> {
 struct Inner<C: Clock> {
     cfg: Config,
     conn: Conn,
+    /// Every Redis call's timeout (`call_timeout`).
+    deadlines: Deadlines,
     breaker: CircuitBreaker<C>,
     limits: Limits<C>,
     hot: Arc<dyn HotKeys>,
@@ -194,6 +200,7 @@ where
         });
         let inner = Inner {
             conn,
+            deadlines: Deadlines::start(cfg.call_timeout),
             breaker,
             limits,
             hot,
@@ -369,11 +376,16 @@ where
             Err(reason) => return Ok(self.blank(reason)),
         };
         let mut conn = self.inner.conn.handle();
-        let res = tokio::time::timeout(
-            self.inner.cfg.call_timeout,
-            guard::read_hash(&mut conn, key, big.max_bytes, big.max_elements),
-        )
-        .await;
+        let res = self
+            .inner
+            .deadlines
+            .run(guard::read_hash(
+                &mut conn,
+                key,
+                big.max_bytes,
+                big.max_elements,
+            ))
+            .await;
         let guarded = match self.settle(permit, "HGETALL", key, res)? {
             Ok(g) => g,
             Err(reason) => return Ok(self.blank(reason)),
@@ -405,8 +417,7 @@ where
             Err(reason) => return Ok(self.blank(reason)),
         };
         let mut conn = self.inner.conn.handle();
-        let res =
-            tokio::time::timeout(self.inner.cfg.call_timeout, guard::size(&mut conn, key)).await;
+        let res = self.inner.deadlines.run(guard::size(&mut conn, key)).await;
         Ok(match self.settle(permit, "SIZE", key, res)? {
             Ok(Some(size)) => Lookup::Hit(size),
             Ok(None) => Lookup::Miss,
@@ -503,16 +514,16 @@ where
             Err(reason) => return Ok(self.blank(reason)),
         };
         let mut conn = self.inner.conn.handle();
-        let res = tokio::time::timeout(
-            self.inner.cfg.call_timeout,
-            guard::read_string(
+        let res = self
+            .inner
+            .deadlines
+            .run(guard::read_string(
                 &mut conn,
                 key,
                 max,
                 self.inner.cfg.big_values.read_probe_bytes,
-            ),
-        )
-        .await;
+            ))
+            .await;
         let guarded = match self.settle(permit, "GET", key, res)? {
             Ok(g) => g,
             Err(reason) => return Ok(self.blank(reason)),
@@ -709,7 +720,9 @@ where
             reason: BlankReason::CircuitOpen,
         })?;
         let mut conn = inner.conn.handle();
-        match tokio::time::timeout(inner.cfg.call_timeout, cmd.query_async::<Value>(&mut conn))
+        match inner
+            .deadlines
+            .run(cmd.query_async::<Value>(&mut conn))
             .await
         {
             Err(_) => {
@@ -885,7 +898,9 @@ impl Conn {
                 // soon after it returns.
                 let manager_cfg = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(cfg.connect_timeout))
-                    .set_response_timeout(Some(cfg.call_timeout))
+                    // `Deadlines` bounds every call; a second per-call timer
+                    // here would cost a time-driver wake-up per call.
+                    .set_response_timeout(None)
                     .set_number_of_retries(1)
                     .set_min_delay(Duration::from_millis(10))
                     .set_max_delay(Duration::from_millis(100));

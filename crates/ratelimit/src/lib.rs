@@ -18,7 +18,7 @@
 //! | circuit breaker | [`CircuitBreaker`]: Closed → Open on error ratio, slow-call ratio or error count over a sliding count/time window with a minimum number of calls; Open → Half-open after a delay; exactly N probes; while open, reads are `Blank(CircuitOpen)` at once | 10 s window, ≥ 20 calls, 50 % errors or 80 % slower than 100 ms, open 5 s, 3 probes |
 //! | timeouts | every Redis call; a read that exceeds it is `Blank(Timeout)`, a write is [`Error::Timeout`] | 250 ms |
 //! | miss storms | `get_or_load`: one loader run per key (single flight), the others wait for its result; at most N loads at once; optional negative caching | 64 loads, 2 s timeout, no negative cache |
-//! | big values | writes above the limit refused with [`Error::ValueTooLarge`] before sending; reads run a Lua script that checks `STRLEN` (hashes: `HLEN` and `MEMORY USAGE`) and returns the value only if small enough, atomically, so a big value is never transferred → `TooLarge`; a warning above a soft limit | 1 MiB, warn at 256 KiB |
+//! | big values | writes above the limit refused with [`Error::ValueTooLarge`] before sending; reads fetch at most a bounded probe (`GETRANGE 0..probe`, as cheap as `GET`) and leave longer values to a Lua script that checks `STRLEN` (hashes: `HLEN` and `MEMORY USAGE`) and returns the value only if small enough, atomically → `TooLarge`; a warning above a soft limit | 1 MiB, 16 KiB probe, warn at 256 KiB |
 //!
 //! Time is injected: limits, breaker and local-cache freshness all read a
 //! governor [`Clock`](governor::clock::Clock), so one
@@ -66,16 +66,20 @@
 //! # Guarantees
 //!
 //! * A read returns within `call_timeout` of its Redis call (plus, for
-//!   `get_or_load`, `loader.timeout`); it never hangs on a silent server.
+//!   `get_or_load`, `loader.timeout`); it never hangs on a silent server,
+//!   and a timeout replaces the (possibly half-dead) connection.
 //! * Redis receives at most `burst + rate × t` reads from one instance in
 //!   any interval `t` (the per-instance limit), and at most that of the
 //!   per-key rate for one hot key; local hits and blanks send nothing.
 //! * In half-open, at most `half_open_permits` probes are outstanding, and
 //!   exactly that many results decide (a cancelled probe returns its
 //!   permit).
-//! * A string above `big_values.max_bytes` is never transferred by a read,
-//!   and never sent by a write.
-//! * The per-key limiter never tracks more than `max_tracked_keys` keys.
+//! * A string above `big_values.max_bytes` is never sent by a write, and a
+//!   read transfers at most `big_values.read_probe_bytes + 1` bytes of it
+//!   (none at all with `read_probe_bytes = 0`, which costs Redis a Lua
+//!   call per read); its verdict is then remembered for the local TTL.
+//! * The per-key limiter never tracks more than `max_tracked_keys` keys, and
+//!   the local cache never holds more than `local.max_bytes` bytes.
 //! * Writes: `Ok` means Redis acknowledged the write. [`Error::Timeout`]
 //!   means it may or may not have been applied. Local copies (this
 //!   instance) are dropped on every write; other instances' local copies
@@ -88,6 +92,7 @@ mod breaker;
 mod cache;
 mod clock;
 mod config;
+mod deadline;
 mod error;
 mod flight;
 mod guard;

@@ -40,8 +40,35 @@ const KEYS_PER_SHARD: usize = 64;
 /// Most shards.
 const MAX_SHARDS: usize = 16;
 
-/// A governor [`StateStore`] with a hard cap on tracked keys and idle
-/// eviction. See the [module docs](self).
+/// A governor [`StateStore`] that cannot grow without bound.
+///
+/// governor's own keyed stores keep every key ever seen until someone
+/// calls `retain_recent` (governor issue #171). This one has
+///
+/// * a **hard cap** on tracked keys, split over shards;
+/// * **idle eviction**: a key unused for `idle` (at least the quota's
+///   refill time) is dropped when its shard is full. That is exact: such a
+///   key's bucket is full again, so forgetting it changes no decision;
+/// * an **overflow cell**: when a shard is full of keys that are all still
+///   active, further new keys share one GCRA cell with the same quota, so
+///   they are limited together instead of being tracked (or let through
+///   unlimited).
+///
+/// ```
+/// use std::time::Duration;
+/// use governor::clock::FakeRelativeClock;
+/// use governor::middleware::NoOpMiddleware;
+/// use governor::{Quota, RateLimiter, nanos::Nanos};
+/// use ratelimit::BoundedKeyStore;
+///
+/// let clock = FakeRelativeClock::default();
+/// let store = BoundedKeyStore::new(1_000, Duration::from_secs(1), clock.clone()).unwrap();
+/// let quota = Quota::per_second(10u32.try_into().unwrap());
+/// let limiter: RateLimiter<String, _, _, NoOpMiddleware<Nanos>> =
+///     RateLimiter::new(quota, store, clock);
+/// assert!(limiter.check_key(&"user:1".to_owned()).is_ok());
+/// assert_eq!(limiter.into_state_store().len(), 1);
+/// ```
 pub struct BoundedKeyStore<K, C: Clock = DefaultClock> {
     shards: Box<[Mutex<Shard<K>>]>,
     caps: Box<[usize]>,

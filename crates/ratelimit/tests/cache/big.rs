@@ -133,8 +133,10 @@ async fn racing_writer(probe: u64) {
         .unwrap();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first_flip = std::sync::Arc::new(tokio::sync::Notify::new());
     let writer = {
         let (url, key, stop) = (url.clone(), key.clone(), stop.clone());
+        let first_flip = first_flip.clone();
         std::thread::spawn(move || {
             let mut con = admin(&url);
             let mut flips = 0u32;
@@ -151,10 +153,14 @@ async fn racing_writer(probe: u64) {
                     .query(&mut con)
                     .unwrap();
                 flips += 1;
+                if flips == 1 {
+                    first_flip.notify_one();
+                }
             }
             flips
         })
     };
+    first_flip.notified().await;
     let sent_before = server.stat("total_net_output_bytes");
     let (mut small, mut big) = (0u64, 0u64);
     let reads = 300;
