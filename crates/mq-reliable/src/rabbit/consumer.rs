@@ -183,7 +183,10 @@ struct Counters {
     poisoned: AtomicU64,
     panics: AtomicU64,
     connections: AtomicU64,
-    unacked: AtomicU64,
+    /// Deliveries held on the current channel. Each channel (session) has
+    /// its own count: when a connection dies, the broker takes back what
+    /// the old channel held, even if its handlers are still running.
+    session: std::sync::Mutex<Arc<AtomicU64>>,
     peak_unacked: AtomicU64,
 }
 
@@ -203,17 +206,28 @@ impl Counters {
         }
     }
 
-    fn hold(&self) {
-        let now = self.unacked.fetch_add(1, Ordering::AcqRel) + 1;
-        self.peak_unacked.fetch_max(now, Ordering::AcqRel);
+    /// Starts counting a new channel's deliveries.
+    fn new_session(&self) -> Arc<AtomicU64> {
+        let s = Arc::new(AtomicU64::new(0));
+        *lock(&self.session) = Arc::clone(&s);
+        s
     }
 
-    /// Called *before* the ack or nack is sent: the broker can only send a
-    /// replacement after it has that ack, so the count never runs ahead of
-    /// the broker's.
-    fn release(&self) {
-        self.unacked.fetch_sub(1, Ordering::AcqRel);
+    fn unacked(&self) -> u64 {
+        lock(&self.session).load(Ordering::Relaxed)
     }
+
+    fn hold(&self, session: &AtomicU64) {
+        let now = session.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak_unacked.fetch_max(now, Ordering::AcqRel);
+    }
+}
+
+/// Called *before* the ack or nack is sent: the broker can only send a
+/// replacement after it has that ack, so the count never runs ahead of the
+/// broker's.
+fn release(session: &AtomicU64) {
+    session.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// A manual-ack RabbitMQ consumer.
@@ -278,7 +292,7 @@ impl ReliableConsumer {
 
     /// Deliveries currently held unacknowledged.
     pub fn unacked(&self) -> u64 {
-        self.counters.unacked.load(Ordering::Relaxed)
+        self.counters.unacked()
     }
 
     /// A handle that asks the consumer to shut down (from a handler, say).
@@ -457,6 +471,7 @@ where
         backoff: &mut Backoff,
     ) -> Result<bool> {
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
+        let session = self.counters.new_session();
         // Deliveries taken from the stream and waiting for a handler slot,
         // in delivery order. Taking them at once keeps the unacked count
         // the broker's (at most the prefetch).
@@ -470,7 +485,7 @@ where
                     let (Ok(permit), Some(delivery)) = (permit, backlog.pop_front()) else {
                         break false;
                     };
-                    let job = self.job(delivery, Arc::clone(handler));
+                    let job = self.job(delivery, Arc::clone(handler), Arc::clone(&session));
                     tokio::spawn(async move {
                         job.await;
                         drop(permit);
@@ -482,7 +497,7 @@ where
                             backoff.reset();
                             first = false;
                         }
-                        self.counters.hold();
+                        self.counters.hold(&session);
                         backlog.push_back(delivery);
                     }
                     Some(Err(e)) => {
@@ -503,11 +518,11 @@ where
                 .await;
             // Deliveries that arrived but were not started go back.
             while let Some(Some(Ok(d))) = consumer.next().now_or_never() {
-                self.counters.hold();
+                self.counters.hold(&session);
                 backlog.push_back(d);
             }
             for d in backlog.drain(..) {
-                self.requeue(d).await;
+                requeue(d, &session).await;
             }
             // Running handlers finish and ack.
             let _ = permits.acquire_many(self.cfg.concurrency as u32).await;
@@ -518,21 +533,10 @@ where
         } else {
             // The channel is gone: the broker requeues these itself.
             for _ in backlog.drain(..) {
-                self.counters.release();
+                release(&session);
             }
         }
         Ok(graceful)
-    }
-
-    async fn requeue(&self, d: Delivery) {
-        self.counters.release();
-        let _ = d
-            .acker
-            .nack(BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            })
-            .await;
     }
 
     /// Runs the handler on one delivery and acks, requeues or rejects it.
@@ -540,6 +544,7 @@ where
         &self,
         mut d: Delivery,
         handler: BoxHandler,
+        session: Arc<AtomicU64>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let counters = Arc::clone(&self.counters);
         let retries = Arc::clone(&self.retries);
@@ -583,7 +588,7 @@ where
                 }
                 o => o,
             };
-            counters.release();
+            release(&session);
             let res = match outcome {
                 Outcome::Ack => {
                     lock(&retries).forget(&key);
@@ -622,6 +627,18 @@ where
             }
         }
     }
+}
+
+/// Hands a delivery that was not started back to the broker.
+async fn requeue(d: Delivery, session: &AtomicU64) {
+    release(session);
+    let _ = d
+        .acker
+        .nack(BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        })
+        .await;
 }
 
 /// Resolves once a shutdown was requested (without holding the watch's

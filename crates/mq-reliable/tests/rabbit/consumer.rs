@@ -76,6 +76,48 @@ async fn unacked_deliveries_never_exceed_the_prefetch() {
     }
 }
 
+/// `basic.qos` is applied again on the new channel after a reconnect: were
+/// it not, the broker would push the whole backlog at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefetch_holds_after_a_reconnect() {
+    let url = url();
+    let mut cleanup = Cleanup::new(&url);
+    let queue = cleanup.queue(&unique("prefetch-reconnect"));
+    let spec = QueueSpec::classic(&queue);
+    fill(&url, &spec, "r", 1_000).await;
+    let proxy = proxy();
+    let handled = Arc::new(AtomicU64::new(0));
+    let h = Arc::clone(&handled);
+    let cfg = mq_reliable::ConsumerConfig {
+        concurrency: 20,
+        ..consumer_cfg(&via(&url, proxy.addr()), spec, 20)
+    };
+    let consumer = ReliableConsumer::start(cfg, move |_| {
+        let h = Arc::clone(&h);
+        async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            h.fetch_add(1, Ordering::Relaxed);
+            Outcome::Ack
+        }
+    })
+    .unwrap();
+    eventually(Duration::from_secs(20), "150 handled", || {
+        handled.load(Ordering::Relaxed) >= 150
+    })
+    .await;
+    proxy.cut();
+    let at_cut = handled.load(Ordering::Relaxed);
+    eventually(
+        Duration::from_secs(20),
+        "300 more after the reconnect",
+        || handled.load(Ordering::Relaxed) >= at_cut + 300,
+    )
+    .await;
+    let stats = consumer.shutdown().await.unwrap();
+    assert!(stats.connections >= 2, "{stats:?}");
+    assert!(stats.peak_unacked <= 20, "{stats:?}");
+}
+
 /// A consumer whose connection dies mid-handler never acked: the broker
 /// redelivers the message (flagged redelivered) and it is processed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
