@@ -2,17 +2,9 @@
 //! flusher loses no frame, duplicates none, keeps each writer's order, never holds more than
 //! two buffers, and never deadlocks (a writer waiting for room is always woken).
 //!
-//! Run it on its own target dir, so that `--cfg loom` does not rebuild the shared one:
-//!
-//! ```sh
-//! CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" \
-//!     cargo test -p double-buffer --release --test loom
-//! ```
-//!
-//! It compiles the library's own `src/buffer.rs` next to a `sync` module that re-exports
+//! It runs with the other tests (`cargo test -p double-buffer --test loom`). No `--cfg loom`
+//! is needed, which would rebuild every dependency (tokio has loom paths of its own): it compiles the library's own `src/buffer.rs` next to a `sync` module that re-exports
 //! `loom::sync`: the code checked is the code shipped.
-#![allow(unexpected_cfgs)] // `loom` is set by RUSTFLAGS for this test only
-#![cfg(loom)]
 #![allow(missing_docs, unreachable_pub, dead_code)]
 
 mod sync {
