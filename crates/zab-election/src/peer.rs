@@ -201,8 +201,22 @@ struct EarlyInfo {
 
 /// One server's election and leader-confirmation state machine.
 ///
-/// See the [module documentation](self) for the driving contract. The type
-/// is `Clone + Eq + Hash` so that model checkers can store its states.
+/// It is ZooKeeper's `FastLeaderElection.lookForLeader` and its
+/// `WorkerReceiver` folded into one single-threaded state machine, with the
+/// part of Zab that confirms a leader (epoch proposal, `NEWLEADER`, pings).
+/// It never touches a socket or a clock: the driver feeds it messages with
+/// [`Peer::step`], the passage of time with [`Peer::tick`], lost connections
+/// with [`Peer::peer_disconnected`], and drains what it wants done with
+/// [`Peer::poll_event`] (first: a [`Event::Persist`] must be durable before
+/// later messages leave) and [`Peer::poll_message`].
+///
+/// Time is a [`Duration`] since an origin the driver picks (its start, say)
+/// and must never go backwards. `step` acts at the time of the latest
+/// `tick`, so a driver calls `tick(now)` whenever it wakes up, before
+/// `step`, and again at [`Peer::next_deadline`].
+///
+/// The type is `Clone + Eq + Hash` so that model checkers can store its
+/// states.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Peer<Q> {
     config: Config,
