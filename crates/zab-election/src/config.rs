@@ -58,13 +58,7 @@ impl Config {
 
     /// Checks every field; the error names the first bad one and its value.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, value: String, reason| {
-            Err(Error::InvalidConfig {
-                field,
-                value,
-                reason,
-            })
-        };
+        let bad = |field, value: String, reason| Err(Error::invalid(field, value, reason));
         if self.min_notification_interval.is_zero() {
             return bad(
                 "min_notification_interval",

@@ -53,5 +53,16 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl Error {
+    /// An [`Error::InvalidConfig`] for `field` holding `value`.
+    pub(crate) fn invalid(field: &'static str, value: String, reason: &'static str) -> Self {
+        Error::InvalidConfig {
+            field,
+            value,
+            reason,
+        }
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

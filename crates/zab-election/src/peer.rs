@@ -885,6 +885,23 @@ impl<Q: QuorumVerifier> Peer<Q> {
         self.check_discovery();
     }
 
+    /// The learners matching `which`, with their sessions.
+    fn learners_where(&self, which: impl Fn(&Learner) -> bool) -> Vec<(ServerId, u64)> {
+        self.lead.as_ref().map_or_else(Vec::new, |lead| {
+            lead.learners
+                .iter()
+                .filter(|(_, l)| which(l))
+                .map(|(s, l)| (*s, l.session))
+                .collect()
+        })
+    }
+
+    fn send_each(&mut self, targets: Vec<(ServerId, u64)>, msg: impl Fn(u64) -> Message) {
+        for (sid, session) in targets {
+            self.send(sid, msg(session));
+        }
+    }
+
     /// `getEpochToPropose`: once a quorum (with us) has reported, propose
     /// one more than the highest accepted epoch among them.
     fn check_discovery(&mut self) {
@@ -904,8 +921,7 @@ impl<Q: QuorumVerifier> Peer<Q> {
             .chain([self.disk.accepted_epoch, self.epoch_hint])
             .max()
             .unwrap_or(0);
-        let targets: Vec<(ServerId, u64)> =
-            lead.learners.iter().map(|(s, l)| (*s, l.session)).collect();
+        let targets = self.learners_where(|_| true);
         let epoch = max.saturating_add(1);
         self.disk.accepted_epoch = epoch;
         self.persist();
@@ -915,9 +931,7 @@ impl<Q: QuorumVerifier> Peer<Q> {
                 acked: BTreeSet::from([self.config.id]),
             };
         }
-        for (sid, session) in targets {
-            self.send(sid, Message::LeaderInfo { session, epoch });
-        }
+        self.send_each(targets, |session| Message::LeaderInfo { session, epoch });
         self.check_epoch_acks();
     }
 
@@ -930,21 +944,14 @@ impl<Q: QuorumVerifier> Peer<Q> {
             return;
         }
         let epoch = *epoch;
-        let targets: Vec<(ServerId, u64)> = lead
-            .learners
-            .iter()
-            .filter(|(_, l)| l.acked_epoch)
-            .map(|(s, l)| (*s, l.session))
-            .collect();
+        let targets = self.learners_where(|l| l.acked_epoch);
         if let Some(lead) = &mut self.lead {
             lead.phase = LeadPhase::NewLeader {
                 epoch,
                 acked: BTreeSet::from([self.config.id]),
             };
         }
-        for (sid, session) in targets {
-            self.send(sid, Message::NewLeader { session, epoch });
-        }
+        self.send_each(targets, |session| Message::NewLeader { session, epoch });
         self.check_new_leader_acks();
     }
 
@@ -957,12 +964,7 @@ impl<Q: QuorumVerifier> Peer<Q> {
             return;
         }
         let epoch = *epoch;
-        let targets: Vec<(ServerId, u64)> = lead
-            .learners
-            .iter()
-            .filter(|(_, l)| l.acked_new_leader)
-            .map(|(s, l)| (*s, l.session))
-            .collect();
+        let targets = self.learners_where(|l| l.acked_new_leader);
         let next_ping = self.now + self.config.ping_interval();
         if let Some(lead) = &mut self.lead {
             lead.phase = LeadPhase::Serving { epoch };
@@ -977,9 +979,7 @@ impl<Q: QuorumVerifier> Peer<Q> {
             epoch,
         });
         self.emit_status();
-        for (sid, session) in targets {
-            self.send(sid, Message::Ping { session, epoch });
-        }
+        self.send_each(targets, |session| Message::Ping { session, epoch });
     }
 
     fn on_follower_info(&mut self, from: ServerId, leader: ServerId, info: EarlyInfo) {
@@ -1168,18 +1168,11 @@ impl<Q: QuorumVerifier> Peer<Q> {
             self.back_to_looking("lost the quorum of synced followers");
             return;
         }
-        let targets: Vec<(ServerId, u64)> = lead
-            .learners
-            .iter()
-            .filter(|(_, l)| l.acked_new_leader)
-            .map(|(s, l)| (*s, l.session))
-            .collect();
+        let targets = self.learners_where(|l| l.acked_new_leader);
         if let Some(lead) = &mut self.lead {
             lead.deadline = now + self.config.ping_interval();
         }
-        for (sid, session) in targets {
-            self.send(sid, Message::Ping { session, epoch });
-        }
+        self.send_each(targets, |session| Message::Ping { session, epoch });
     }
 
     // ----- learner --------------------------------------------------------

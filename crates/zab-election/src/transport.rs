@@ -76,13 +76,7 @@ impl TransportConfig {
 
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, value: String, reason| {
-            Err(Error::InvalidConfig {
-                field,
-                value,
-                reason,
-            })
-        };
+        let bad = |field, value: String, reason| Err(Error::invalid(field, value, reason));
         if self.peers.contains_key(&self.id) {
             return bad(
                 "peers",
