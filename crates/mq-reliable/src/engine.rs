@@ -61,6 +61,7 @@ pub(crate) type SendFuture = Pin<Box<dyn Future<Output = SendOutcome> + Send>>;
 
 /// Something that happened to a link outside any one message.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))] // Kafka reports none
 pub(crate) enum LinkEvent {
     /// The broker stopped reading (`connection.blocked`).
     Blocked(String),

@@ -286,6 +286,9 @@ impl Link for KafkaLink {
                     Ok(Ok(_)) => SendOutcome::Ack {
                         returned: Vec::new(),
                     },
+                    Ok(Err((e, _))) if refused(&e) => SendOutcome::Nack {
+                        returned: Vec::new(),
+                    },
                     Ok(Err((e, _))) => SendOutcome::Failed {
                         error: e.to_string(),
                     },
@@ -316,6 +319,16 @@ impl Link for KafkaLink {
     }
 }
 
+/// Errors about this one message (the broker refuses it as such), as
+/// opposed to the cluster or the client failing: spill it, keep the producer.
+fn refused(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidMessage | C::InvalidRecord)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +351,15 @@ mod tests {
                 .to_string()
                 .contains("message_timeout")
         );
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode as C;
+        assert!(refused(&KafkaError::MessageProduction(
+            C::MessageSizeTooLarge
+        )));
+        assert!(!refused(&KafkaError::MessageProduction(C::MessageTimedOut)));
+        assert!(!refused(&KafkaError::MessageProduction(
+            C::NotEnoughReplicas
+        )));
         let c = KafkaConfig::default().client_config();
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
