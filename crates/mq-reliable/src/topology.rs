@@ -42,7 +42,8 @@ pub enum Overflow {
 }
 
 impl Overflow {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The `x-overflow` argument's value.
+    pub fn as_str(self) -> &'static str {
         match self {
             Overflow::DropHead => "drop-head",
             Overflow::RejectPublish => "reject-publish",
@@ -210,8 +211,9 @@ impl Topology {
         Ok(())
     }
 
-    /// Whether the exchange must be declared (a named, non-`amq.` one).
-    pub(crate) fn declares_exchange(&self) -> bool {
+    /// Whether connecting declares the exchange: a named one that is not
+    /// predeclared (`amq.*`), with `declare` on.
+    pub fn declares_exchange(&self) -> bool {
         self.declare && !self.exchange.is_empty() && !self.exchange.starts_with("amq.")
     }
 }
