@@ -252,6 +252,9 @@ impl Engine {
         what: &'static str,
     ) -> Result<Engine> {
         cfg.validate()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime(what));
+        }
         let spill = crate::spill::DiskSpill::open(spill)?;
         Engine::start(cfg, Arc::new(transport), Arc::new(spill), what)
     }
@@ -264,6 +267,7 @@ impl Engine {
         what: &'static str,
     ) -> Result<Engine> {
         cfg.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime(what))?;
         let (tx, rx) = mpsc::channel(cfg.window.max(cfg.spill_window).min(65_536));
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(PublisherState::Degraded);
@@ -278,7 +282,7 @@ impl Engine {
             state_tx,
             Arc::clone(&counters),
         );
-        tokio::spawn(actor.run());
+        runtime.spawn(actor.run());
         Ok(Engine {
             tx,
             ctl,

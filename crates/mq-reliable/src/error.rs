@@ -43,6 +43,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A publisher or consumer was started outside a tokio runtime.
+    #[error("{0} must be started inside a tokio runtime")]
+    NoRuntime(&'static str),
     /// The publisher or consumer was closed; nothing more is accepted.
     #[error("{0} is closed")]
     Closed(&'static str),

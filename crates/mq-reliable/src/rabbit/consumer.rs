@@ -268,6 +268,8 @@ impl ReliableConsumer {
         F: Future<Output = Outcome> + Send + 'static,
     {
         cfg.validate()?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime("consumer"))?;
         let (stop, stop_rx) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         let worker = Worker {
@@ -277,7 +279,7 @@ impl ReliableConsumer {
             counters: Arc::clone(&counters),
             retries: Arc::new(std::sync::Mutex::new(RetryMemory::default())),
         };
-        let task = tokio::spawn(worker.run(stop_rx));
+        let task = runtime.spawn(worker.run(stop_rx));
         Ok(ReliableConsumer {
             stop,
             task: Some(task),
@@ -697,6 +699,13 @@ mod tests {
         m.forget("b");
         assert_eq!(m.get("b"), 0);
         assert!(m.order.len() <= 2);
+    }
+
+    #[test]
+    fn starting_outside_a_runtime_is_an_error_not_a_panic() {
+        let e = ReliableConsumer::start(ConsumerConfig::default(), |_| async { Outcome::Ack })
+            .unwrap_err();
+        assert!(matches!(e, Error::NoRuntime(_)), "{e}");
     }
 
     #[test]

@@ -338,3 +338,49 @@ fn returned_ids(ret: Option<BasicReturnMessage>) -> Vec<Arc<str>> {
     .into_iter()
     .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_configuration_is_named_and_no_runtime_is_an_error() {
+        PublisherConfig::default().validate().unwrap();
+        let e = PublisherConfig {
+            window: 0,
+            ..PublisherConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("window"), "{e}");
+        let e = PublisherConfig {
+            url: "http://nope".into(),
+            ..PublisherConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("url"), "{e}");
+        let e = PublisherConfig {
+            max_payload: 64 << 20,
+            ..PublisherConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("max_payload"), "{e}");
+        let e = PublisherConfig {
+            recovery_intake: 1.0,
+            ..PublisherConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("recovery_intake"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = ReliablePublisher::start(PublisherConfig::new(
+            "amqp://127.0.0.1:5672/%2f",
+            Topology::default(),
+            dir.path(),
+        ))
+        .unwrap_err();
+        assert!(matches!(e, crate::Error::NoRuntime(_)), "{e}");
+    }
+}
