@@ -371,22 +371,12 @@ where
         self.check_key(key)?;
         let hot = self.inner.hot.is_hot(key);
         let big = &self.inner.cfg.big_values;
-        let permit = match self.admit(key, hot) {
-            Ok(p) => p,
-            Err(reason) => return Ok(self.blank(reason)),
-        };
-        let mut conn = self.inner.conn.handle();
-        let res = self
-            .inner
-            .deadlines
-            .run(guard::read_hash(
-                &mut conn,
-                key,
-                big.max_bytes,
-                big.max_elements,
-            ))
-            .await;
-        let guarded = match self.settle(permit, "HGETALL", key, res)? {
+        let read = self
+            .remote("HGETALL", key, hot, |mut conn| async move {
+                guard::read_hash(&mut conn, key, big.max_bytes, big.max_elements).await
+            })
+            .await?;
+        let guarded = match read {
             Ok(g) => g,
             Err(reason) => return Ok(self.blank(reason)),
         };
@@ -412,13 +402,12 @@ where
         let key = key.as_ref();
         self.check_key(key)?;
         let hot = self.inner.hot.is_hot(key);
-        let permit = match self.admit(key, hot) {
-            Ok(p) => p,
-            Err(reason) => return Ok(self.blank(reason)),
-        };
-        let mut conn = self.inner.conn.handle();
-        let res = self.inner.deadlines.run(guard::size(&mut conn, key)).await;
-        Ok(match self.settle(permit, "SIZE", key, res)? {
+        let read = self
+            .remote("SIZE", key, hot, |mut conn| async move {
+                guard::size(&mut conn, key).await
+            })
+            .await?;
+        Ok(match read {
             Ok(Some(size)) => Lookup::Hit(size),
             Ok(None) => Lookup::Miss,
             Err(reason) => self.blank(reason),
@@ -509,22 +498,13 @@ where
             self.inner.metrics.read_refused.increment(1);
             return Ok(Lookup::TooLarge { size, limit: max });
         }
-        let permit = match self.admit(key, hot) {
-            Ok(p) => p,
-            Err(reason) => return Ok(self.blank(reason)),
-        };
-        let mut conn = self.inner.conn.handle();
-        let res = self
-            .inner
-            .deadlines
-            .run(guard::read_string(
-                &mut conn,
-                key,
-                max,
-                self.inner.cfg.big_values.read_probe_bytes,
-            ))
-            .await;
-        let guarded = match self.settle(permit, "GET", key, res)? {
+        let probe = self.inner.cfg.big_values.read_probe_bytes;
+        let read = self
+            .remote("GET", key, hot, |mut conn| async move {
+                guard::read_string(&mut conn, key, max, probe).await
+            })
+            .await?;
+        let guarded = match read {
             Ok(g) => g,
             Err(reason) => return Ok(self.blank(reason)),
         };
@@ -552,6 +532,31 @@ where
             }
             Guarded::WrongType(found) => return Err(wrong_type(key, found, "string")),
         })
+    }
+
+    /// One protected Redis read: admission, the call under its deadline,
+    /// and the outcome reported to the breaker.
+    async fn remote<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &[u8],
+        hot: bool,
+        call: F,
+    ) -> Result<std::result::Result<T, BlankReason>>
+    where
+        F: FnOnce(Handle) -> Fut,
+        Fut: Future<Output = std::result::Result<T, ReadError>>,
+    {
+        let permit = match self.admit(key, hot) {
+            Ok(p) => p,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let res = self
+            .inner
+            .deadlines
+            .run(call(self.inner.conn.handle()))
+            .await;
+        self.settle(permit, op, key, res)
     }
 
     /// Breaker, then the instance limit, then (hot keys) the key's limit.

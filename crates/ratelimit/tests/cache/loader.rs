@@ -23,6 +23,33 @@ impl std::fmt::Display for DbDown {
 
 impl std::error::Error for DbDown {}
 
+/// `callers` tasks call `get_or_load(key)` at once with a loader that
+/// counts its runs, takes `delay`, and returns `found` (or fails).
+fn concurrent_loads(
+    cache: &ProtectedCache,
+    key: &str,
+    callers: usize,
+    loads: &Arc<AtomicUsize>,
+    delay: Duration,
+    found: Result<&'static str, DbDown>,
+) -> Vec<tokio::task::JoinHandle<ratelimit::Result<Lookup>>> {
+    let found = found.map_err(|_| ());
+    (0..callers)
+        .map(|_| {
+            let (cache, key, loads) = (cache.clone(), key.to_owned(), Arc::clone(loads));
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&key, || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(delay).await;
+                        found.map(Some).map_err(|()| DbDown)
+                    })
+                    .await
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miss_storm_loads_once_and_fills_the_cache() {
     let url = shared_redis();
@@ -31,24 +58,17 @@ async fn a_miss_storm_loads_once_and_fills_the_cache() {
         .unwrap();
     let key = unique_key("missstorm");
     let loads = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let (cache, key, loads) = (cache.clone(), key.clone(), Arc::clone(&loads));
-            tokio::spawn(async move {
-                cache
-                    .get_or_load(&key, || async move {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        Ok::<_, DbDown>(Some("from the database"))
-                    })
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
+    let tasks = concurrent_loads(
+        &cache,
+        &key,
+        50,
+        &loads,
+        Duration::from_millis(200),
+        Ok("from the database"),
+    );
     for t in tasks {
         assert_eq!(
-            t.await.unwrap(),
+            t.await.unwrap().unwrap(),
             Lookup::Hit(Bytes::from_static(b"from the database"))
         );
     }
@@ -69,20 +89,14 @@ async fn a_failing_loader_fails_every_waiter_and_is_retried_later() {
         .unwrap();
     let key = unique_key("loadfail");
     let loads = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..10)
-        .map(|_| {
-            let (cache, key, loads) = (cache.clone(), key.clone(), Arc::clone(&loads));
-            tokio::spawn(async move {
-                cache
-                    .get_or_load(&key, || async move {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        Err::<Option<Vec<u8>>, _>(DbDown)
-                    })
-                    .await
-            })
-        })
-        .collect();
+    let tasks = concurrent_loads(
+        &cache,
+        &key,
+        10,
+        &loads,
+        Duration::from_millis(100),
+        Err(DbDown),
+    );
     for t in tasks {
         let err = t.await.unwrap().unwrap_err();
         assert!(matches!(err, Error::Loader { .. }), "{err}");
