@@ -47,6 +47,7 @@ fn free_ports(n: usize) -> Vec<u16> {
 
 struct Cluster {
     peers: String,
+    data: Option<tempfile::TempDir>,
     procs: BTreeMap<u64, Child>,
     latest: Arc<Mutex<BTreeMap<u64, Line>>>,
     all: Arc<Mutex<Vec<String>>>,
@@ -54,6 +55,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: u64) -> Cluster {
+        Self::start_with(n, false)
+    }
+
+    fn start_with(n: u64, data_dirs: bool) -> Cluster {
         let ports = free_ports(n as usize);
         let peers = (1..=n)
             .map(|i| format!("{i}=127.0.0.1:{}", ports[i as usize - 1]))
@@ -61,10 +66,14 @@ impl Cluster {
             .join(",");
         let mut c = Cluster {
             peers,
+            data: None,
             procs: BTreeMap::new(),
             latest: Arc::default(),
             all: Arc::default(),
         };
+        if data_dirs {
+            c.data = Some(tempfile::tempdir().unwrap());
+        }
         for id in 1..=n {
             c.spawn(id);
         }
@@ -72,9 +81,13 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_zab-node"))
-            .args(["--id", &id.to_string(), "--peers", &self.peers])
-            .args(["--finalize-wait-ms", "50", "--tick-ms", "200"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_zab-node"));
+        cmd.args(["--id", &id.to_string(), "--peers", &self.peers])
+            .args(["--finalize-wait-ms", "50", "--tick-ms", "200"]);
+        if let Some(d) = &self.data {
+            cmd.arg("--data-dir").arg(d.path().join(id.to_string()));
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -171,6 +184,31 @@ fn three_zab_nodes_elect_fail_over_and_take_back_the_old_leader() {
 #[test]
 fn five_zab_nodes_elect_fail_over_and_take_back_the_old_leader() {
     elect_kill_reelect_rejoin(5);
+}
+
+/// With `--data-dir`, a restarted server comes back with the epoch it had
+/// made current (ZooKeeper's `currentEpoch` file), not `--epoch`.
+#[test]
+fn zab_node_keeps_its_epochs_in_the_data_dir() {
+    let mut c = Cluster::start_with(3, true);
+    let (leader, epoch) = c.wait_stable(0, Duration::from_secs(20));
+    let follower = if leader == 1 { 2 } else { 1 };
+    let dir = c.data.as_ref().unwrap().path().join(follower.to_string());
+    let on_disk = std::fs::read_to_string(dir.join("currentEpoch")).unwrap();
+    assert_eq!(on_disk.trim(), epoch.to_string());
+    c.kill(follower);
+    c.all.lock().unwrap().clear();
+    c.spawn(follower);
+    c.wait_stable(0, Duration::from_secs(20));
+    let first = c
+        .all
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| parse(l))
+        .find(|l| l.id == follower)
+        .unwrap();
+    assert_eq!((first.state.as_str(), first.peer_epoch), ("LOOKING", epoch));
 }
 
 #[test]
