@@ -1,0 +1,98 @@
+//! The `metrics` facade's recorder, served to Prometheus.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, bail};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A Prometheus endpoint (`GET /metrics` or any path) serving every counter,
+/// gauge and histogram recorded through the `metrics` facade in this
+/// process: the crates' own (`mq_reliable_*`, `ratelimit_*`,
+/// `spill_log_*`, ...) and the app's.
+#[derive(Debug)]
+pub struct MetricsEndpoint {
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+}
+
+impl MetricsEndpoint {
+    /// Installs the global recorder and starts serving on `addr` (a free
+    /// loopback port when `None`). Must run inside a tokio runtime, before
+    /// the crates build their metric handles (ratelimit registers them when
+    /// a cache is built).
+    pub fn install(addr: Option<SocketAddr>) -> Result<MetricsEndpoint> {
+        let addr = match addr {
+            Some(a) => a,
+            None => SocketAddr::from(([127, 0, 0, 1], crate::free_port()?)),
+        };
+        let (recorder, exporter) = PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .build()
+            .with_context(|| format!("starting the Prometheus endpoint on {addr}"))?;
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder)
+            .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
+        tokio::spawn(async move {
+            if let Err(e) = exporter.await {
+                tracing::warn!("the Prometheus endpoint stopped: {e:?}");
+            }
+        });
+        tracing::info!("metrics for Prometheus: http://{addr}/metrics");
+        Ok(MetricsEndpoint { addr, handle })
+    }
+
+    /// The endpoint's URL.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("http://{}/metrics", self.addr)
+    }
+
+    /// What the recorder holds now, rendered in-process.
+    #[must_use]
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Fetches the endpoint over HTTP, as Prometheus would.
+    pub async fn scrape(&self) -> Result<String> {
+        let mut stream = TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("connecting to {}", self.url()))?;
+        // HTTP/1.0: the server closes after the response, with no chunking.
+        stream
+            .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("the metrics endpoint answered without headers")?;
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            bail!(
+                "the metrics endpoint answered {}",
+                head.lines().next().unwrap_or("")
+            );
+        }
+        Ok(body.to_owned())
+    }
+
+    /// Scrapes the endpoint and prints (on stdout) the samples whose metric
+    /// name starts with one of `prefixes`.
+    pub async fn print_key_metrics(&self, prefixes: &[&str]) -> Result<()> {
+        let body = self.scrape().await?;
+        println!("key metrics (scraped from {}):", self.url());
+        let mut shown = 0;
+        for line in body.lines() {
+            if !line.starts_with('#') && prefixes.iter().any(|p| line.starts_with(p)) {
+                println!("  {line}");
+                shown += 1;
+            }
+        }
+        if shown == 0 {
+            println!("  (none recorded with prefixes {prefixes:?})");
+        }
+        Ok(())
+    }
+}
