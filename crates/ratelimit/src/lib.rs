@@ -65,12 +65,15 @@
 //!
 //! # Guarantees
 //!
-//! * A read returns within `call_timeout` of its Redis call (plus, for
-//!   `get_or_load`, `loader.timeout`); it never hangs on a silent server,
+//! * A read returns within `call_timeout` (plus at most `call_timeout / 16`
+//!   of reaper granularity) of its Redis call, and `get_or_load` within
+//!   `loader.timeout` more; it never hangs on a silent server,
 //!   and a timeout replaces the (possibly half-dead) connection.
 //! * Redis receives at most `burst + rate × t` reads from one instance in
 //!   any interval `t` (the per-instance limit), and at most that of the
-//!   per-key rate for one hot key; local hits and blanks send nothing.
+//!   per-key rate for one hot key; a read is one permit (the probe, plus the
+//!   script for a value longer than the probe); local hits and blanks send
+//!   nothing.
 //! * In half-open, at most `half_open_permits` probes are outstanding, and
 //!   exactly that many results decide (a cancelled probe returns its
 //!   permit).
