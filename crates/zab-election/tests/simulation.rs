@@ -337,6 +337,38 @@ fn zookeeper_3109_a_voter_that_changes_its_mind() {
     assert!(with < SEC, "3 quits at once: {with:?}");
 }
 
+/// ZOOKEEPER-1514 (`FLEBackwardElectionRoundTest`): notifications of an old
+/// round that say "we follow server 1" elect 1 in that round, but must not
+/// make it lead again once it has moved to a later round.
+#[test]
+fn backward_election_round_does_not_elect_again() {
+    let mut sim = Sim::majority(21, 3, |_| {});
+    sim.isolate(1);
+    let old = Message::Notification(Notification {
+        state: ServerState::Following,
+        vote: Vote::new(1, 0, 0),
+        round: 1,
+    });
+    sim.inject(2, 1, old);
+    sim.inject(3, 1, old);
+    sim.run_for(100 * MS);
+    let p = sim.peer(1).unwrap();
+    assert_eq!((p.state(), p.round()), (ServerState::Leading, 1));
+    // Nobody confirms it: after initLimit it looks again, in round 2.
+    sim.run_for(25 * SEC);
+    let p = sim.peer(1).unwrap();
+    assert_eq!((p.state(), p.round()), (ServerState::Looking, 2));
+    sim.inject(2, 1, old);
+    sim.inject(3, 1, old);
+    sim.run_for(100 * MS);
+    assert_eq!(
+        sim.peer(1).unwrap().state(),
+        ServerState::Looking,
+        "old round must not elect"
+    );
+    assert_safe(&sim, "backward round");
+}
+
 /// `FLELostMessageTest`: lost notifications are made up for by the
 /// notification timeout, which re-sends the vote.
 #[test]
