@@ -461,6 +461,37 @@ fn zero_weight_candidate_never_wins() {
     }
 }
 
+/// An observer learns the leader (OBSERVING) but never counts towards a
+/// quorum and is never elected, though its id is the largest.
+#[test]
+fn observers_learn_the_leader_but_never_vote() {
+    let q = Quorum::Majority(Majority::with_observers([1, 2, 3], [4]).unwrap());
+    let configs = (1..=4)
+        .map(|id| {
+            let mut c = Config::new(id);
+            if id == 4 {
+                c.learner_type = zab_election::LearnerType::Observer;
+            }
+            c
+        })
+        .collect();
+    let mut sim = Sim::new(4, q, configs, &BTreeMap::new());
+    sim.run_until_stable(10 * SEC).expect("elected");
+    assert_eq!(sim.stable_leader(), Some(3));
+    assert_eq!(sim.peer(4).unwrap().state(), ServerState::Observing);
+    // Two voters down: the observer does not make up a quorum.
+    sim.crash(3);
+    sim.crash(2);
+    sim.run_for(60 * SEC);
+    assert!(!sim.peer(1).unwrap().is_serving());
+    assert_ne!(sim.peer(4).unwrap().state(), ServerState::Leading);
+    sim.restart(2);
+    sim.run_until_stable(120 * SEC)
+        .expect("re-elected with two voters");
+    assert_eq!(sim.stable_leader(), Some(2));
+    assert_safe(&sim, "observer");
+}
+
 /// Without faults, with every server starting together and messages faster
 /// than the finalize wait, no two servers conclude different leaders in a
 /// round. (Under faults they can: see `tests/model_check.rs`.)
