@@ -330,6 +330,47 @@ impl Engine {
     }
 }
 
+/// The actor's metrics, registered once (per-message macro lookups cost
+/// more than the rest of the spill path). Install the metrics recorder
+/// before starting a publisher.
+struct Metrics {
+    confirms: metrics::Counter,
+    replayed: metrics::Counter,
+    nacks: metrics::Counter,
+    returns: metrics::Counter,
+    timeouts: metrics::Counter,
+    corrupt: metrics::Counter,
+    /// Indexed by `SpillReason::index`.
+    spilled: Vec<metrics::Counter>,
+    state: metrics::Gauge,
+    inflight: metrics::Gauge,
+}
+
+impl Metrics {
+    fn new(backend: &'static str) -> Metrics {
+        Metrics {
+            confirms: metrics::counter!("mq_reliable_confirms_total", "backend" => backend),
+            replayed: metrics::counter!("mq_reliable_replayed_total", "backend" => backend),
+            nacks: metrics::counter!("mq_reliable_nacks_total", "backend" => backend),
+            returns: metrics::counter!("mq_reliable_returns_total", "backend" => backend),
+            timeouts: metrics::counter!("mq_reliable_confirm_timeouts_total", "backend" => backend),
+            corrupt: metrics::counter!("mq_reliable_corrupt_records_total", "backend" => backend),
+            spilled: SpillReason::ALL
+                .iter()
+                .map(|r| {
+                    metrics::counter!(
+                        "mq_reliable_spilled_total",
+                        "backend" => backend,
+                        "reason" => r.as_str()
+                    )
+                })
+                .collect(),
+            state: metrics::gauge!("mq_reliable_state", "backend" => backend),
+            inflight: metrics::gauge!("mq_reliable_inflight", "backend" => backend),
+        }
+    }
+}
+
 /// Commands taken from the channel per wake-up of the actor.
 const INTAKE_BATCH: usize = 256;
 
@@ -472,7 +513,7 @@ impl InFlight {
 
     /// Drains the ready queue to the end and returns the verdicts, in
     /// sequence order, with returns applied first (see the module docs).
-    fn drain(&mut self, counters: &Counters) -> Vec<Finished> {
+    fn drain(&mut self, counters: &Counters, metrics: &Metrics) -> Vec<Finished> {
         let mut resolved = Vec::new();
         while let Some(seq) = self.ready.pop() {
             let Some(slot) = self.get_mut(seq) else {
@@ -503,7 +544,7 @@ impl InFlight {
         }
         for id in returned_ids {
             bump(&counters.returned);
-            metrics::counter!("mq_reliable_returns_total").increment(1);
+            metrics.returns.increment(1);
             let mut found = false;
             for slot in self.slots.iter_mut().flatten() {
                 if *slot.msg.id() == *id {
@@ -527,7 +568,7 @@ impl InFlight {
                     Some(SendOutcome::Ack { .. }) => Verdict::Confirmed,
                     Some(SendOutcome::Nack { .. }) => {
                         bump(&counters.nacked);
-                        metrics::counter!("mq_reliable_nacks_total").increment(1);
+                        metrics.nacks.increment(1);
                         if slot.returned {
                             Verdict::Failed(SpillReason::Returned)
                         } else {
@@ -603,6 +644,9 @@ struct Actor {
     state: PublisherState,
     state_tx: watch::Sender<PublisherState>,
     counters: Arc<Counters>,
+    metrics: Metrics,
+    /// Reused to encode spill records.
+    scratch: Vec<u8>,
     link: Option<Box<dyn Link>>,
     connecting: Option<JoinHandle<Result<Box<dyn Link>, String>>>,
     /// When to reconnect (no link) or start a replay (link up).
@@ -632,6 +676,7 @@ impl Actor {
         counters: Arc<Counters>,
     ) -> Actor {
         let backoff = Backoff::new(cfg.backoff.clone());
+        let metrics = Metrics::new(transport.name());
         Actor {
             cfg,
             transport,
@@ -644,6 +689,8 @@ impl Actor {
             state: PublisherState::Degraded,
             state_tx,
             counters,
+            metrics,
+            scratch: Vec::new(),
             link: None,
             connecting: None,
             retry_at: Some(Instant::now()),
@@ -665,7 +712,7 @@ impl Actor {
     }
 
     async fn run(mut self) {
-        metrics::gauge!("mq_reliable_state", "backend" => self.backend()).set(self.state.gauge());
+        self.metrics.state.set(self.state.gauge());
         info!(
             backend = self.backend(),
             "publisher started (degraded until connected)"
@@ -791,8 +838,7 @@ impl Actor {
         let fut = link.send(&msg);
         let deadline = Instant::now() + self.cfg.confirm_timeout;
         self.inflight.insert(msg, origin, fut, deadline);
-        metrics::gauge!("mq_reliable_inflight", "backend" => self.transport.name())
-            .set(self.inflight.live as f64);
+        self.metrics.inflight.set(self.inflight.live as f64);
     }
 
     fn spill_msg(
@@ -801,8 +847,8 @@ impl Actor {
         reason: SpillReason,
         reply: oneshot::Sender<Result<Receipt>>,
     ) {
-        let rec = record::encode(msg);
-        match self.spill.append(&rec) {
+        record::encode_into(&mut self.scratch, msg);
+        match self.spill.append(&self.scratch) {
             Ok(durable) => self.spill_waits.push_back(SpillWait {
                 durable,
                 reply,
@@ -821,12 +867,7 @@ impl Actor {
             match res {
                 Ok(()) => {
                     bump(&self.counters.spilled);
-                    metrics::counter!(
-                        "mq_reliable_spilled_total",
-                        "backend" => self.transport.name(),
-                        "reason" => wait.reason.as_str()
-                    )
-                    .increment(1);
+                    self.metrics.spilled[wait.reason.index()].increment(1);
                     let _ = wait.reply.send(Ok(Receipt::Spilled(wait.reason)));
                 }
                 Err(e) => {
@@ -840,7 +881,7 @@ impl Actor {
     // --- verdicts ---------------------------------------------------------
 
     fn on_ready(&mut self) {
-        let finished = self.inflight.drain(&self.counters);
+        let finished = self.inflight.drain(&self.counters, &self.metrics);
         let mut link_failed = false;
         for f in finished {
             match f.verdict {
@@ -858,16 +899,14 @@ impl Actor {
         if link_failed {
             self.fail_link(SpillReason::ConnectionLost, "a publish failed on the link");
         }
-        metrics::gauge!("mq_reliable_inflight", "backend" => self.transport.name())
-            .set(self.inflight.live as f64);
+        self.metrics.inflight.set(self.inflight.live as f64);
     }
 
     fn on_confirmed(&mut self, origin: Origin) {
         match origin {
             Origin::Fresh(reply) => {
                 bump(&self.counters.confirmed);
-                metrics::counter!("mq_reliable_confirms_total", "backend" => self.backend())
-                    .increment(1);
+                self.metrics.confirms.increment(1);
                 let _ = reply.send(Ok(Receipt::Confirmed));
             }
             Origin::Replay { run, idx } => {
@@ -877,8 +916,7 @@ impl Actor {
                 bump(&self.counters.replayed);
                 self.credits =
                     (self.credits + self.cfg.recovery_intake).min(self.cfg.spill_window as f64);
-                metrics::counter!("mq_reliable_replayed_total", "backend" => self.transport.name())
-                    .increment(1);
+                self.metrics.replayed.increment(1);
                 r.replayed += 1;
                 r.checkpointer.confirm(idx);
                 r.since_commit += 1;
@@ -945,7 +983,7 @@ impl Actor {
             "publisher state changed"
         );
         self.state = state;
-        metrics::gauge!("mq_reliable_state", "backend" => self.backend()).set(state.gauge());
+        self.metrics.state.set(state.gauge());
         let _ = self.state_tx.send(state);
     }
 
@@ -1042,7 +1080,7 @@ impl Actor {
         for _ in 0..expired {
             bump(&self.counters.confirm_timeouts);
         }
-        metrics::counter!("mq_reliable_confirm_timeouts_total").increment(expired as u64);
+        self.metrics.timeouts.increment(expired as u64);
         warn!(expired, "confirms timed out; dropping the connection");
         self.fail_link(SpillReason::ConfirmTimeout, "confirm timeout");
     }
@@ -1121,7 +1159,7 @@ impl Actor {
                         Ok(msg) => self.send(msg, Origin::Replay { run: run_id, idx }),
                         Err(reason) => {
                             bump(&self.counters.corrupt_records);
-                            metrics::counter!("mq_reliable_corrupt_records_total").increment(1);
+                            self.metrics.corrupt.increment(1);
                             error!(position = %pos, reason, "skipping a spill record this crate cannot decode");
                             run.checkpointer.confirm(idx);
                         }

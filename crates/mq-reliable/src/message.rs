@@ -152,6 +152,30 @@ pub enum SpillReason {
 }
 
 impl SpillReason {
+    /// Every reason, in `index` order.
+    pub(crate) const ALL: [SpillReason; 7] = [
+        SpillReason::Nacked,
+        SpillReason::Returned,
+        SpillReason::ConfirmTimeout,
+        SpillReason::Blocked,
+        SpillReason::ConnectionLost,
+        SpillReason::Degraded,
+        SpillReason::Shutdown,
+    ];
+
+    /// The position in [`SpillReason::ALL`].
+    pub(crate) fn index(self) -> usize {
+        match self {
+            SpillReason::Nacked => 0,
+            SpillReason::Returned => 1,
+            SpillReason::ConfirmTimeout => 2,
+            SpillReason::Blocked => 3,
+            SpillReason::ConnectionLost => 4,
+            SpillReason::Degraded => 5,
+            SpillReason::Shutdown => 6,
+        }
+    }
+
     /// Short label used in metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -191,9 +215,16 @@ pub(crate) mod record {
 
     /// Encodes `msg` as one spill record.
     pub(crate) fn encode(msg: &Message) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_into(&mut out, msg);
+        out
+    }
+
+    /// Encodes `msg` into `out` (cleared first), reusing its allocation.
+    pub(crate) fn encode_into(out: &mut Vec<u8>, msg: &Message) {
         let rk = msg.routing_key.as_deref();
-        let mut out =
-            Vec::with_capacity(4 + msg.id.len() + rk.map_or(0, str::len) + msg.payload.len());
+        out.clear();
+        out.reserve(4 + msg.id.len() + rk.map_or(0, str::len) + msg.payload.len());
         out.push(VERSION);
         // Lengths were checked by `Message::validate` (≤ 255).
         out.push(u8::try_from(msg.id.len()).unwrap_or(u8::MAX));
@@ -207,7 +238,6 @@ pub(crate) mod record {
             }
         }
         out.extend_from_slice(&msg.payload);
-        out
     }
 
     /// Decodes a record written by [`encode`].
@@ -269,6 +299,13 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("routing key"), "{e}");
         Message::new("id", "x").validate(10).unwrap();
+    }
+
+    #[test]
+    fn reason_indices_match_their_table() {
+        for (i, r) in SpillReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
     }
 
     #[test]
