@@ -146,6 +146,8 @@
 //! 1 degraded, 2 recovering, 3 closed) and `mq_reliable_inflight` (label
 //! `backend`); consumer counters `mq_reliable_consumer_{acks,retries,rejects,
 //! poisoned}_total`. The same numbers are in [`Stats`] and [`ConsumerStats`].
+//! A publisher registers its metrics when it starts: install the `metrics`
+//! recorder before starting publishers.
 //!
 //! # Features
 //!
