@@ -80,8 +80,26 @@ impl Config {
                 "must be at most 60 s",
             );
         }
-        if self.tick < Duration::from_millis(2) {
-            return bad("tick", format!("{:?}", self.tick), "must be at least 2 ms");
+        if self.max_notification_interval > Duration::from_secs(3600) {
+            return bad(
+                "max_notification_interval",
+                format!("{:?}", self.max_notification_interval),
+                "must be at most an hour",
+            );
+        }
+        if self.tick < Duration::from_millis(2) || self.tick > Duration::from_secs(600) {
+            return bad(
+                "tick",
+                format!("{:?}", self.tick),
+                "must be between 2 ms and 10 minutes",
+            );
+        }
+        if self.init_limit > 1000 || self.sync_limit > 1000 {
+            return bad(
+                "init_limit",
+                format!("{}/{}", self.init_limit, self.sync_limit),
+                "init_limit and sync_limit must be at most 1000 ticks",
+            );
         }
         if self.init_limit == 0 {
             return bad(
