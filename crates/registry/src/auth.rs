@@ -91,14 +91,14 @@ impl Auth {
     pub fn accepts(&self, header: Option<&str>) -> bool {
         let Some(got) = header else { return false };
         let want = self.header_value();
-        let (scheme_len, _) = want.split_once(' ').map_or((0, ""), |(s, r)| (s.len(), r));
-        // The scheme is case-insensitive; the credentials are not.
+        let scheme_len = want.find(' ').unwrap_or(0);
+        // The scheme is case-insensitive; the credentials are not. Compared as
+        // bytes: `got` may hold any text, and a byte offset into it need not
+        // fall on a character boundary.
+        let (got, want) = (got.as_bytes(), want.as_bytes());
         got.len() == want.len()
             && got[..scheme_len].eq_ignore_ascii_case(&want[..scheme_len])
-            && constant_time_eq(
-                &got.as_bytes()[scheme_len..],
-                &want.as_bytes()[scheme_len..],
-            )
+            && constant_time_eq(&got[scheme_len..], &want[scheme_len..])
     }
 }
 
@@ -153,6 +153,10 @@ mod tests {
                 && !a.accepts(None)
         );
         assert!(Auth::parse("basic:u:p:w").is_ok(), "passwords may hold ':'");
+        // Same length as "Bearer s3cret", with a multi-byte character across
+        // the scheme's end: refused, not a panic on a char boundary.
+        assert!(!a.accepts(Some("Beare\u{e9}s3cret")));
+        assert!(!a.accepts(Some("\u{1f600}\u{1f600}\u{1f600}x")));
         assert!(Auth::parse("token").is_err() && Auth::parse("bearer:").is_err());
         assert!(!format!("{a:?}").contains("s3cret"));
     }
