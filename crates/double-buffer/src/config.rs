@@ -41,7 +41,9 @@ pub struct Config {
     /// — performs it on its own thread; useful for deterministic tests and single-threaded hosts.
     pub flush_thread: bool,
     /// Bytes the replay reader and the recovery scan read at a time. Default 1 MiB; it is raised
-    /// to `buffer_size` if smaller, so that any record fits.
+    /// to `buffer_size` if smaller, so that any record this configuration writes fits. A record
+    /// written under a larger `buffer_size` (the configuration changed between runs) grows the
+    /// reader's buffer to that record's size.
     pub read_chunk: usize,
 }
 
@@ -64,7 +66,8 @@ impl Default for Config {
 /// Most slices a log may have (slice numbers are stored in 16 bits; 1024 is plenty).
 pub const MAX_SLICES: usize = 1024;
 const MIN_BUFFER: usize = 4 << 10;
-const MAX_BUFFER: usize = 1 << 30;
+/// The largest buffer, hence the largest frame, any configuration writes.
+pub(crate) const MAX_BUFFER: usize = 1 << 30;
 const MIN_SEGMENT: u64 = 4 << 10;
 
 impl Config {

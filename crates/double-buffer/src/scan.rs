@@ -9,6 +9,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::config::MAX_BUFFER;
 use crate::format::{
     Bad, GROUP_ALIGN, GROUP_HEADER_LEN, GROUP_MAGIC, GroupHeader, RECORD_HEADER_LEN, RecordHeader,
     SEGMENT_HEADER_LEN, SegmentHeader,
@@ -81,9 +82,9 @@ pub(crate) fn read_segment_header(
 }
 
 impl Cursor {
-    /// A cursor over `file` (whose header is `header`) reading from the group at `group_offset`,
-    /// skipping records before `record_offset`, up to `limit`. `chunk` bytes are read at a time
-    /// and must hold the largest record.
+    /// A cursor over `file` (whose header is `header`) reading from its first group (see
+    /// [`Cursor::seek`]) up to `limit`. `chunk` bytes are read at a time; the buffer grows to
+    /// hold a larger record.
     pub(crate) fn new(
         file: Arc<dyn StorageFile>,
         path: PathBuf,
@@ -322,13 +323,21 @@ impl Cursor {
             }
             let frame = header.frame_len() as usize;
             if frame > self.buf.len() {
-                return Ok(Step::Bad {
-                    at,
-                    reason: format!(
-                        "record of {} bytes is larger than the read buffer",
-                        header.len
-                    ),
-                });
+                // Written under a larger `buffer_size` than this reader's chunk (the config
+                // changed between runs): grow to hold it. The frame lies inside a group whose
+                // checksummed header places it within the file, and no configuration writes
+                // a frame above `MAX_BUFFER`, so this never allocates more than the writer
+                // held in one buffer.
+                if frame > MAX_BUFFER {
+                    return Ok(Step::Bad {
+                        at,
+                        reason: format!(
+                            "record of {} bytes is larger than any buffer writes",
+                            header.len
+                        ),
+                    });
+                }
+                self.buf.resize(frame, 0);
             }
             if !self.fill(at, frame)? {
                 return Ok(Step::Bad {

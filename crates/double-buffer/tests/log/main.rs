@@ -23,6 +23,7 @@ both!(
     linger_makes_unwaited_records_durable,
     keyed_records_keep_their_order,
     record_ids_stay_unique_after_every_segment_is_deleted,
+    records_larger_than_the_new_buffer_survive_a_config_change,
 );
 
 fn append_wait_reopen_replay_commit(env: &Env) {
@@ -375,5 +376,39 @@ fn replay_misuse_is_refused_with_typed_errors() {
         "beyond the reader"
     );
     drop(fresh);
+    log.close().unwrap();
+}
+
+/// Records written under a larger `buffer_size` than the one the log is reopened with (a
+/// config change between runs) are recovered and replayed, not mistaken for damage.
+fn records_larger_than_the_new_buffer_survive_a_config_change(env: &Env) {
+    // One segment: the records sit in the last one, where damage is read as a torn tail.
+    let wide = Config {
+        buffer_size: 64 << 10,
+        segment_size: 1 << 20,
+        read_chunk: 16 << 10,
+        ..small()
+    };
+    let big = |i: u8| vec![i; 40 << 10];
+    let (log, _) = env.open(wide.clone()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3u8 {
+        ids.push(log.append_keyed(0, &big(i)).unwrap().wait().unwrap().get());
+    }
+    log.close().unwrap();
+
+    let inspection = double_buffer::inspect_storage(&*env.storage()).unwrap();
+    assert!(inspection.problem.is_none(), "{:?}", inspection.problem);
+    let (log, report) = env.open(small()).unwrap();
+    assert!(
+        report.torn.is_none(),
+        "acknowledged records were cut: {report:?}"
+    );
+    assert_eq!(report.pending_records, 3);
+    let records = read_all(&log);
+    assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), ids);
+    for (i, (_, _, p)) in records.iter().enumerate() {
+        assert_eq!(p, &big(i as u8));
+    }
     log.close().unwrap();
 }
