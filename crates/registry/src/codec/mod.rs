@@ -6,6 +6,10 @@
 //! tree as JSON (attributes become `@name` keys, element text `$`), so both formats
 //! go through one validating reader. No input makes these functions panic; malformed
 //! input is an [`crate::Error`] naming the field.
+//!
+//! The writers always produce well-formed documents: characters XML 1.0 cannot
+//! carry (controls other than tab, LF and CR) are written as U+FFFD in XML, and
+//! escaped in JSON, which keeps them.
 
 mod json;
 mod read;

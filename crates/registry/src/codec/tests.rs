@@ -113,6 +113,25 @@ fn xml_has_xstream_shapes() {
 }
 
 #[test]
+fn xml_never_carries_characters_xml_forbids() {
+    let mut i = sample();
+    i.metadata.insert("bell", "ring\u{7}ring");
+    i.host_name = "h\u{0}st\u{ffff}".into();
+    let xml = String::from_utf8(instance_xml(&i, &LeaseInfo::default())).unwrap();
+    let forbidden = |c: char| {
+        (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{fffe}' | '\u{ffff}')
+    };
+    assert!(!xml.contains(forbidden), "{xml:?}");
+    let back = decode_instance(xml.as_bytes(), Format::Xml).unwrap();
+    assert_eq!(back.metadata.get("bell"), Some("ring\u{fffd}ring"));
+    assert_eq!(back.host_name, "h\u{fffd}st\u{fffd}");
+    // JSON escapes them and keeps them.
+    let json = instance_json(&i, &LeaseInfo::default());
+    let back = decode_instance(&json, Format::Json).unwrap();
+    assert_eq!(back.metadata.get("bell"), Some("ring\u{7}ring"));
+}
+
+#[test]
 fn reads_what_real_clients_send() {
     // eureka-js-client: plain port numbers as strings, no instanceId (the host name is the id).
     let js = br#"{"instance":{"app":"jqservice","hostName":"localhost","ipAddr":"127.0.0.1",

@@ -1,5 +1,6 @@
 //! XML as Eureka's XStream converters write it, and a reader into the JSON tree.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use quick_xml::Reader;
@@ -78,7 +79,7 @@ fn instance(out: &mut String, info: &InstanceInfo, lease: &LeaseInfo) {
     let _ = write!(
         out,
         "<dataCenterInfo class=\"{}\">",
-        escape(&*info.data_center_info.class)
+        text(&info.data_center_info.class)
     );
     element(out, "name", &info.data_center_info.name);
     if !info.data_center_info.metadata.is_empty() {
@@ -154,14 +155,30 @@ fn is_xml_name(s: &str) -> bool {
         && !s.to_ascii_lowercase().starts_with("xml")
 }
 
-fn element(out: &mut String, name: &str, text: &str) {
+fn element(out: &mut String, name: &str, value: &str) {
     out.push('<');
     out.push_str(name);
     out.push('>');
-    out.push_str(&escape(text));
+    out.push_str(&text(value));
     out.push_str("</");
     out.push_str(name);
     out.push('>');
+}
+
+/// `s` escaped for XML text or an attribute. Characters XML 1.0 cannot carry at
+/// all, even escaped (controls other than tab, LF and CR; U+FFFE; U+FFFF), are
+/// written as U+FFFD: one registration holding such a character in, say, a
+/// metadata value must not make the whole registry unreadable to XML clients.
+fn text(s: &str) -> Cow<'_, str> {
+    let illegal = |c: char| matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}');
+    if !s.contains(illegal) {
+        return escape(s);
+    }
+    let clean: String = s
+        .chars()
+        .map(|c| if illegal(c) { '\u{fffd}' } else { c })
+        .collect();
+    Cow::Owned(escape(&clean).into_owned())
 }
 
 /// Turns an XML document into the JSON tree the reader understands.
