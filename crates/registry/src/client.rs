@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Auth;
 use crate::codec::{self, Format};
-use crate::config::bad;
+use crate::config::{DAY, bad};
 use crate::error::{Error, Result};
 use crate::model::{
     ActionType, Application, Applications, Instance, InstanceInfo, Status, reconcile_hashcode,
@@ -184,12 +184,19 @@ impl ClientConfig {
         }
         if self
             .renewal_interval
-            .is_some_and(|r| r < Duration::from_millis(10))
+            .is_some_and(|r| !(Duration::from_millis(10)..=DAY).contains(&r))
         {
             return Err(bad(
                 "renewal_interval",
                 format!("{:?}", self.renewal_interval),
-                "must be at least 10ms",
+                "must be in 10ms ..= 1 day",
+            ));
+        }
+        if !(Duration::from_millis(1)..=DAY).contains(&self.request_timeout) {
+            return Err(bad(
+                "request_timeout",
+                format!("{:?}", self.request_timeout),
+                "must be in 1ms ..= 1 day",
             ));
         }
         if self.long_poll.is_some_and(|w| w > Duration::from_secs(300)) {
@@ -629,6 +636,18 @@ mod tests {
             .validate()
             .is_err()
         );
+        for bad in [
+            ClientConfig {
+                request_timeout: Duration::MAX,
+                ..ClientConfig::default()
+            },
+            ClientConfig {
+                renewal_interval: Some(Duration::MAX),
+                ..ClientConfig::default()
+            },
+        ] {
+            assert!(RegistryClient::new(bad).is_err());
+        }
         assert_eq!(enc("a b/c"), "a%20b%2Fc");
     }
 }

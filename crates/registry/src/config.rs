@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// The upper bound of the configured intervals.
+pub(crate) const DAY: Duration = Duration::from_secs(24 * 3600);
+
 /// How the registry core behaves: leases, eviction, self-preservation, deltas.
 ///
 /// Defaults are Eureka's, except where Eureka's default is the complaint the
@@ -38,19 +41,24 @@ impl Default for Config {
 
 impl Config {
     /// Checks every field; the error names the field and the value.
+    ///
+    /// Durations have upper bounds too, so that no valid configuration overflows a
+    /// timer or a millisecond count.
     pub fn validate(&self) -> Result<()> {
-        if self.max_lease_duration < Duration::from_secs(1) {
+        if !(Duration::from_secs(1)..=Duration::from_secs(u64::from(u32::MAX)))
+            .contains(&self.max_lease_duration)
+        {
             return Err(bad(
                 "max_lease_duration",
                 format!("{:?}", self.max_lease_duration),
-                "must be at least 1s",
+                "must be in 1s ..= 2^32-1 s (the longest lease a client can ask for)",
             ));
         }
-        if self.eviction_interval < Duration::from_millis(10) {
+        if !(Duration::from_millis(10)..=DAY).contains(&self.eviction_interval) {
             return Err(bad(
                 "eviction_interval",
                 format!("{:?}", self.eviction_interval),
-                "must be at least 10ms",
+                "must be in 10ms ..= 1 day",
             ));
         }
         let p = self.renewal_percent_threshold;
@@ -61,11 +69,11 @@ impl Config {
                 "must be in (0, 1)",
             ));
         }
-        if self.delta_retention < Duration::from_secs(1) {
+        if !(Duration::from_secs(1)..=DAY).contains(&self.delta_retention) {
             return Err(bad(
                 "delta_retention",
                 format!("{:?}", self.delta_retention),
-                "must be at least 1s",
+                "must be in 1s ..= 1 day",
             ));
         }
         Ok(())
@@ -101,5 +109,22 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        for c in [
+            Config {
+                eviction_interval: Duration::MAX,
+                ..Config::default()
+            },
+            Config {
+                delta_retention: Duration::MAX,
+                ..Config::default()
+            },
+            Config {
+                max_lease_duration: Duration::MAX,
+                ..Config::default()
+            },
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("must be in"), "{e}");
+        }
     }
 }

@@ -101,10 +101,16 @@ async fn bad_arguments_fail_with_a_message() {
         vec!["--port", "0", "--auth", "token"],
         vec!["--port", "0", "--peers", "ftp://nope"],
         vec!["--port", "0", "--renewal-percent-threshold", "2"],
+        vec!["--port", "0", "--eviction-interval", "999999999999999999m"],
+        vec!["--port", "0", "--delta-retention", "18446744073709551615s"],
     ] {
         let out = Command::new(BIN).args(&args).output().await.unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(!err.trim().is_empty(), "{args:?} gave no message");
+        assert!(
+            !err.contains("panicked") && out.status.code() != Some(101),
+            "{args:?} panicked: {err}"
+        );
     }
 }
