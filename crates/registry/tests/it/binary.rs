@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 
-use crate::support::{http, register};
+use crate::support::{eventually, http, register};
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-server");
 
-/// Starts the binary and returns it with its base URL, read from its first line.
-async fn spawn(args: &[&str]) -> (Child, String) {
+/// Starts the binary and returns it with its base URL, read from its first line,
+/// and a task that collects the rest of its standard output.
+async fn spawn(args: &[&str]) -> (Child, String, JoinHandle<Vec<String>>) {
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "warn")
@@ -31,12 +33,14 @@ async fn spawn(args: &[&str]) -> (Child, String) {
         .unwrap_or_else(|| panic!("{first}"))
         .to_owned();
     // Keep draining stdout so that the final line can be written.
-    tokio::spawn(async move {
+    let rest = tokio::spawn(async move {
+        let mut rest = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
-            assert_eq!(line, "registry-server stopped");
+            rest.push(line);
         }
+        rest
     });
-    (child, url)
+    (child, url, rest)
 }
 
 fn sigterm(child: &Child) {
@@ -51,8 +55,9 @@ fn sigterm(child: &Child) {
 
 #[tokio::test]
 async fn serves_replicates_and_shuts_down_cleanly_on_sigterm() {
-    let (mut a, url_a) = spawn(&["--port", "0", "--eviction-interval", "500ms"]).await;
-    let (mut b, url_b) = spawn(&["--port", "0", "--peers", &format!("{url_a}/eureka/v2")]).await;
+    let (mut a, url_a, out_a) = spawn(&["--port", "0", "--eviction-interval", "500ms"]).await;
+    let (mut b, url_b, out_b) =
+        spawn(&["--port", "0", "--peers", &format!("{url_a}/eureka/v2")]).await;
     assert_eq!(
         register(&format!("{url_b}/eureka/v2"), "BIN", "b1")
             .await
@@ -60,20 +65,13 @@ async fn serves_replicates_and_shuts_down_cleanly_on_sigterm() {
         204
     );
     // B replicates to A (A has no peers, so nothing flows back).
-    let mut seen = false;
-    for _ in 0..200 {
-        let r = http()
-            .get(format!("{url_a}/eureka/v2/apps/BIN/b1"))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 200 {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(seen, "registration replicated from B to A");
+    let url = format!("{url_a}/eureka/v2/apps/BIN/b1");
+    eventually(
+        Duration::from_secs(15),
+        "registration replicated from B to A",
+        || async { http().get(&url).send().await.unwrap().status() == 200 },
+    )
+    .await;
     // A long poll in flight must not hold the shutdown back.
     let poll = tokio::spawn(
         http()
@@ -90,6 +88,9 @@ async fn serves_replicates_and_shuts_down_cleanly_on_sigterm() {
             .expect("exits")
             .unwrap();
         assert!(status.success(), "exit status {status}");
+    }
+    for out in [out_a, out_b] {
+        assert_eq!(out.await.unwrap(), ["registry-server stopped"]);
     }
     assert_eq!(poll.await.unwrap().unwrap().status(), 200);
 }
