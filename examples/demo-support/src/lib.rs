@@ -38,7 +38,7 @@ mod promises;
 
 pub use logging::{Phase, counter_bar, demo_setting, init_logging};
 pub use metrics_endpoint::MetricsEndpoint;
-pub use process::{Process, free_port, helper_binary};
+pub use process::{Process, free_port, free_ports, helper_binary};
 pub use promises::Promises;
 
 /// A short random suffix for names shared with other users of the same

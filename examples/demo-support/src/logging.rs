@@ -1,7 +1,7 @@
 //! Logs and progress bars that share stderr without tearing each other.
 
 use std::fmt::Display;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -18,12 +18,14 @@ static BARS: LazyLock<MultiProgress> = LazyLock::new(MultiProgress::new);
 /// Logs to stderr with the time since start, `info` unless `RUST_LOG` says
 /// otherwise. Call once, first thing in `main`.
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,librdkafka=warn,lapin=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,rdkafka=warn,librdkafka=warn,lapin=warn,zookeeper_client=warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_timer(uptime())
         .with_target(false)
+        .with_ansi(io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(BelowTheBars)
         .init();
 }

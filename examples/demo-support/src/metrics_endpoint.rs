@@ -79,19 +79,27 @@ impl MetricsEndpoint {
     }
 
     /// Scrapes the endpoint and prints (on stdout) the samples whose metric
-    /// name starts with one of `prefixes`.
+    /// name starts with one of `prefixes`, leaving out those still at zero.
     pub async fn print_key_metrics(&self, prefixes: &[&str]) -> Result<()> {
         let body = self.scrape().await?;
         println!("key metrics (scraped from {}):", self.url());
-        let mut shown = 0;
+        let (mut shown, mut zeros) = (0, 0);
         for line in body.lines() {
-            if !line.starts_with('#') && prefixes.iter().any(|p| line.starts_with(p)) {
+            if line.starts_with('#') || !prefixes.iter().any(|p| line.starts_with(p)) {
+                continue;
+            }
+            if line.ends_with(" 0") {
+                zeros += 1;
+            } else {
                 println!("  {line}");
                 shown += 1;
             }
         }
         if shown == 0 {
-            println!("  (none recorded with prefixes {prefixes:?})");
+            println!("  (none above zero with prefixes {prefixes:?})");
+        }
+        if zeros > 0 {
+            println!("  ({zeros} more samples at zero)");
         }
         Ok(())
     }

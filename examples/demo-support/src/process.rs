@@ -13,8 +13,18 @@ use tokio::sync::mpsc;
 
 /// A free TCP port on loopback (bound, read, released; fine for a demo).
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` distinct free TCP ports on loopback (all held until all are found).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("finding a free port"))
+        .collect::<Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 /// The path of a binary built next to the running one (`cargo xtask demo`
@@ -47,10 +57,12 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `command` (stdin, stdout and stderr piped; killed on drop).
+    /// Starts `command` (stdin, stdout and stderr piped; killed on drop;
+    /// `NO_COLOR` set, since its logs end up in ours).
     pub fn spawn(name: impl Into<String>, mut command: Command) -> Result<Process> {
         let name = name.into();
         let mut child = command
+            .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
