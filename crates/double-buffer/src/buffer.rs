@@ -8,7 +8,8 @@
 //! (or, in the non-blocking modes, is told so): memory never grows beyond the two buffers.
 //!
 //! This file depends only on `std` and `crate::sync`, so that the loom test can compile it
-//! against loom's primitives.
+//! against loom's primitives. For the same reason its unit tests live in `log.rs`: a test
+//! module here would also be compiled into the loom binary and run outside the model.
 
 use std::fmt;
 use std::sync::PoisonError;
@@ -25,17 +26,17 @@ use crate::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 /// use double_buffer::{DoubleBuffer, PushMode};
 ///
 /// let slice = DoubleBuffer::new(16);
-/// slice.push(10, PushMode::Block, |buf| { buf.extend_from_slice(&[1; 10]); (1, ()) }).unwrap();
+/// slice.push(10, PushMode::Block, |frame| { frame.fill(1); (1, ()) }).unwrap();
 /// // Does not fit beside the first frame: the writer swaps and carries on in the other buffer.
-/// let pushed = slice.push(10, PushMode::Block, |buf| { buf.extend_from_slice(&[2; 10]); (2, ()) }).unwrap();
+/// let pushed = slice.push(10, PushMode::Block, |frame| { frame.fill(2); (2, ()) }).unwrap();
 /// assert!(pushed.sealed);
 /// // A third frame must wait for the flusher: the non-blocking form says so.
-/// assert!(slice.push(10, PushMode::Try, |buf| { buf.extend_from_slice(&[3; 10]); (3, ()) }).is_err());
+/// assert!(slice.push(10, PushMode::Try, |frame| { frame.fill(3); (3, ()) }).is_err());
 ///
 /// let batch = slice.take().unwrap();          // the flusher takes the sealed buffer ...
 /// assert_eq!((batch.bytes(), batch.last_tag()), (&[1u8; 10][..], 1));
 /// slice.restore(batch);                       // ... writes it outside the lock, gives it back
-/// slice.push(10, PushMode::Try, |buf| { buf.extend_from_slice(&[3; 10]); (3, ()) }).unwrap();
+/// slice.push(10, PushMode::Try, |frame| { frame.fill(3); (3, ()) }).unwrap();
 /// ```
 pub struct DoubleBuffer {
     state: Mutex<State>,
@@ -84,6 +85,14 @@ pub enum PushError {
         len: usize,
         /// The capacity of one buffer.
         capacity: usize,
+    },
+    /// The tag `write` returned is not above the last one pushed: the frame was taken back out
+    /// of the buffer (whatever else `write` did stays done).
+    TagNotIncreasing {
+        /// The tag returned.
+        tag: u64,
+        /// The last tag pushed.
+        last: u64,
     },
 }
 
@@ -162,17 +171,16 @@ impl DoubleBuffer {
         self.capacity
     }
 
-    /// Appends one frame of exactly `len` bytes, which `write` appends to the buffer it is given
-    /// while the lock is held, returning the frame's tag and a value passed back to the caller.
-    /// Swaps buffers when the active one cannot hold the frame.
-    ///
-    /// # Panics
-    /// If `write` appends other than `len` bytes (a bug in the caller), or tags do not increase.
+    /// Appends one frame of `len` bytes: `write` fills the frame — it is handed exactly those
+    /// `len` bytes of the buffer (zeroed), while the lock is held — and returns the frame's tag
+    /// and a value passed back to the caller. Swaps buffers when the active one cannot hold the
+    /// frame. `write` cannot touch other frames nor grow the buffer; a tag that does not
+    /// increase is [`PushError::TagNotIncreasing`].
     pub fn push<T>(
         &self,
         len: usize,
         mode: PushMode,
-        write: impl FnOnce(&mut Vec<u8>) -> (u64, T),
+        write: impl FnOnce(&mut [u8]) -> (u64, T),
     ) -> Result<Pushed<T>, PushError> {
         if len > self.capacity {
             return Err(PushError::TooLarge {
@@ -195,16 +203,16 @@ impl DoubleBuffer {
             }
             if st.active.len() + len <= self.capacity {
                 let before = st.active.len();
-                let (tag, value) = write(&mut st.active);
-                assert_eq!(
-                    st.active.len(),
-                    before + len,
-                    "push: `write` must append exactly `len` bytes"
-                );
-                assert!(
-                    tag > st.last_tag || st.last_tag == 0,
-                    "push: tags must increase"
-                );
+                // Within the capacity allocated at construction: no allocation.
+                st.active.resize(before + len, 0);
+                let (tag, value) = write(&mut st.active[before..]);
+                if tag <= st.last_tag && st.last_tag != 0 {
+                    st.active.truncate(before);
+                    return Err(PushError::TagNotIncreasing {
+                        tag,
+                        last: st.last_tag,
+                    });
+                }
                 st.active_frames += 1;
                 st.active_last = tag;
                 st.last_tag = tag;

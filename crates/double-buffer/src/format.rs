@@ -206,23 +206,17 @@ fn trailer(len: u32, id: u64, slice: u16) -> [u8; 16] {
     t
 }
 
-/// Appends a framed record to `out` (which must have room: no allocation happens when it does).
-pub(crate) fn encode_record(
-    out: &mut Vec<u8>,
-    payload: &[u8],
-    payload_crc: u32,
-    id: u64,
-    slice: u16,
-) {
+/// Writes a framed record into `out`, which is exactly `RECORD_HEADER_LEN + payload.len()`
+/// bytes long and zeroed (the flags field is left at zero).
+pub(crate) fn encode_record(out: &mut [u8], payload: &[u8], payload_crc: u32, id: u64, slice: u16) {
     let len = payload.len() as u32;
     let crc = crc32c::crc32c_append(payload_crc, &trailer(len, id, slice));
-    let mut h = [0u8; RECORD_HEADER_LEN];
+    let (h, body) = out.split_at_mut(RECORD_HEADER_LEN);
     h[0..4].copy_from_slice(&len.to_le_bytes());
     h[4..8].copy_from_slice(&crc.to_le_bytes());
     h[8..16].copy_from_slice(&id.to_le_bytes());
     h[16..18].copy_from_slice(&slice.to_le_bytes());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(payload);
+    body.copy_from_slice(payload);
 }
 
 impl RecordHeader {
@@ -415,8 +409,8 @@ mod tests {
 
     #[test]
     fn record_round_trips_and_every_bit_flip_is_caught() {
-        let mut out = Vec::new();
         let payload = b"hello spill log";
+        let mut out = vec![0; RECORD_HEADER_LEN + payload.len()];
         encode_record(&mut out, payload, payload_crc(payload), 99, 3);
         assert_eq!(out.len(), RECORD_HEADER_LEN + payload.len());
         let h = RecordHeader::decode(&out).unwrap();

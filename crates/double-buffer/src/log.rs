@@ -694,9 +694,9 @@ impl Engine {
         let next_id = &self.next_id;
         let push = |i: usize, mode: PushMode| {
             let slice = &self.slices[i];
-            slice.buffer.push(frame, mode, |buf| {
+            slice.buffer.push(frame, mode, |out| {
                 let id = slice.take_id(next_id);
-                encode_record(buf, record, crc, id, slice.index);
+                encode_record(out, record, crc, id, slice.index);
                 (id, id)
             })
         };
@@ -740,6 +740,11 @@ impl Engine {
                 (_, Err(PushError::Shut)) => return Err(self.signals.refusal()),
                 (_, Err(PushError::TooLarge { len, .. })) => {
                     return Err(Error::RecordTooLarge { len, max });
+                }
+                // `take_id` hands out ids under the slice lock from blocks reserved in
+                // increasing order, so a slice's ids only ever increase.
+                (_, Err(PushError::TagNotIncreasing { tag, last })) => {
+                    unreachable!("slice record id {tag} after {last}")
                 }
             }
         };
@@ -1159,5 +1164,50 @@ mod tests {
             .set(Error::io("fdatasync", "x", std::io::Error::other("boom")));
         assert!(matches!(s.check(5), Some(Ok(()))));
         assert!(matches!(s.check(6), Some(Err(Error::Io { .. }))));
+    }
+
+    // DoubleBuffer on its own (see the note in buffer.rs).
+
+    /// Pushes a `len`-byte frame that `fill` fills (or leaves as given) with tag `tag`.
+    fn push(
+        db: &DoubleBuffer,
+        len: usize,
+        fill: Option<u8>,
+        tag: u64,
+    ) -> std::result::Result<(), PushError> {
+        db.push(len, PushMode::Try, |frame| {
+            assert_eq!(frame.len(), len);
+            assert!(frame.iter().all(|&b| b == 0), "a frame starts zeroed");
+            if let Some(b) = fill {
+                frame.fill(b);
+            }
+            (tag, ())
+        })
+        .map(|p| p.value)
+    }
+
+    #[test]
+    fn a_frame_is_exactly_len_bytes_and_cannot_touch_its_neighbours() {
+        let db = DoubleBuffer::new(8);
+        push(&db, 3, Some(7), 1).unwrap();
+        // A closure that writes nothing still gets its `len` bytes (zeros), not fewer.
+        push(&db, 2, None, 2).unwrap();
+        let batch = db.take().unwrap();
+        assert_eq!(batch.bytes(), [7, 7, 7, 0, 0]);
+        assert_eq!((batch.frames(), batch.last_tag()), (2, 2));
+    }
+
+    #[test]
+    fn a_tag_that_does_not_increase_is_an_error_and_the_frame_is_taken_back() {
+        let db = DoubleBuffer::new(8);
+        push(&db, 2, Some(1), 5).unwrap();
+        assert_eq!(
+            push(&db, 2, Some(2), 5),
+            Err(PushError::TagNotIncreasing { tag: 5, last: 5 })
+        );
+        push(&db, 2, Some(3), 6).unwrap();
+        let batch = db.take().unwrap();
+        assert_eq!(batch.bytes(), [1, 1, 3, 3]);
+        assert_eq!((batch.frames(), batch.last_tag()), (2, 6));
     }
 }

@@ -30,14 +30,12 @@ fn push(
     seq: u8,
     mode: PushMode,
 ) -> Result<(), PushError> {
-    db.push(FRAME, mode, |buf| {
+    db.push(FRAME, mode, |frame| {
         let tag = tags.fetch_add(1, Ordering::Relaxed) + 1;
-        buf.extend_from_slice(&[writer, seq, tag as u8]);
+        frame.copy_from_slice(&[writer, seq, tag as u8]);
         (tag, ())
     })
-    .map(|p| {
-        let _ = p.value;
-    })
+    .map(|p| p.value)
 }
 
 /// Takes batches until `frames` frames were seen; returns them in flush order.
