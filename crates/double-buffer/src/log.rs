@@ -353,9 +353,9 @@ impl Ticket {
     }
 
     /// Like [`Ticket::wait`] but gives up after `timeout`: `Ok(false)` if the record is not yet
-    /// durable then (the ticket stays usable).
+    /// durable then (the ticket stays usable). A timeout beyond the clock's range waits for good.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
-        self.wait_deadline(Some(Instant::now() + timeout))
+        self.wait_deadline(Instant::now().checked_add(timeout))
     }
 
     fn wait_deadline(&self, deadline: Option<Instant>) -> Result<bool> {

@@ -347,6 +347,15 @@ fn a_directory_is_opened_by_one_log_at_a_time() {
 }
 
 #[test]
+fn wait_timeout_takes_any_duration() {
+    let env = Env::mem();
+    let (log, _) = env.open(small()).unwrap();
+    let t = log.append(b"x").unwrap();
+    assert!(t.wait_timeout(Duration::MAX).unwrap(), "no overflow panic");
+    log.close().unwrap();
+}
+
+#[test]
 fn replay_misuse_is_refused_with_typed_errors() {
     let env = Env::mem();
     let (log, _) = env.open(small()).unwrap();
