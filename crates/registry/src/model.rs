@@ -435,7 +435,8 @@ impl InstanceInfo {
 }
 
 const MAX_NAME: usize = 256;
-const MAX_METADATA: usize = 256;
+/// The most metadata entries an instance may hold (registrations and updates).
+pub(crate) const MAX_METADATA: usize = 256;
 
 fn check_name(field: &'static str, v: &str) -> Result<()> {
     if v.trim().is_empty() {

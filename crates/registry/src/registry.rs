@@ -20,12 +20,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, RenewRate};
 use crate::model::{
-    ActionType, Application, Applications, Instance, InstanceInfo, LeaseInfo, Millis, Status,
-    reconcile_hashcode,
+    ActionType, Application, Applications, Instance, InstanceInfo, LeaseInfo, MAX_METADATA, Millis,
+    Status, reconcile_hashcode,
 };
-
-/// The most metadata entries an instance may hold (as [`InstanceInfo::validate`] checks).
-const MAX_METADATA: usize = 256;
 
 /// Called with the new version after every visible change (outside every lock).
 pub type ChangeListener = Arc<dyn Fn(u64) + Send + Sync>;
@@ -308,7 +305,7 @@ impl Registry {
                 if changed {
                     info.status = status;
                 }
-                changed
+                Ok(changed)
             })?;
         }
         let slot = entry.instances.get(id).ok_or_else(|| unknown(app, id))?;
@@ -344,8 +341,9 @@ impl Registry {
             if let Some(d) = client_dirty.filter(|d| *d > info.last_dirty_timestamp) {
                 info.last_dirty_timestamp = d;
             }
-            changed
+            Ok(changed)
         })
+        .map(drop)
     }
 
     /// Removes a status override (`DELETE .../status[?value=]`). The status becomes
@@ -361,18 +359,21 @@ impl Registry {
     ) -> Result<()> {
         self.change(app, id, now, |info, slot_override| {
             if slot_override.take().is_none() {
-                return false;
+                return Ok(false);
             }
             info.overridden_status = Status::Unknown;
             info.status = new_status.unwrap_or(Status::Unknown);
             if let Some(d) = client_dirty.filter(|d| *d > info.last_dirty_timestamp) {
                 info.last_dirty_timestamp = d;
             }
-            true
+            Ok(true)
         })
+        .map(drop)
     }
 
-    /// Merges `entries` into an instance's metadata (`PUT .../metadata?k=v`).
+    /// Merges `entries` into an instance's metadata (`PUT .../metadata?k=v`); returns
+    /// the stored record. The cap of 256 entries is checked under the journal lock,
+    /// so concurrent updates cannot pass it together.
     pub fn update_metadata(
         &self,
         app: &str,
@@ -380,34 +381,30 @@ impl Registry {
         entries: &BTreeMap<String, String>,
         now: Millis,
     ) -> Result<Arc<InstanceInfo>> {
-        if entries.keys().any(|k| k.is_empty() || k.len() > 256) {
+        if let Some(k) = entries.keys().find(|k| k.is_empty() || k.len() > 256) {
             return Err(Error::invalid(
-                "metadata",
-                "",
+                "metadata key",
+                k,
                 "keys must be 1 to 256 bytes",
             ));
         }
-        let current = self.instance(app, id).ok_or_else(|| unknown(app, id))?;
-        let added = entries
-            .keys()
-            .filter(|k| current.info.metadata.get(k).is_none())
-            .count();
-        if current.info.metadata.len() + added > MAX_METADATA {
-            return Err(Error::invalid(
-                "metadata",
-                (current.info.metadata.len() + added).to_string(),
-                "an instance holds at most 256 metadata entries",
-            ));
-        }
         self.change(app, id, now, |info, _| {
+            let added = entries
+                .keys()
+                .filter(|k| info.metadata.get(k).is_none())
+                .count();
+            if info.metadata.len() + added > MAX_METADATA {
+                return Err(Error::invalid(
+                    "metadata",
+                    (info.metadata.len() + added).to_string(),
+                    "an instance holds at most 256 metadata entries",
+                ));
+            }
             let before = info.metadata.clone();
             info.metadata
                 .extend(entries.iter().map(|(k, v)| (k.clone(), v.clone())));
-            info.metadata != before
-        })?;
-        self.instance(app, id)
-            .map(|i| i.info)
-            .ok_or_else(|| unknown(app, id))
+            Ok(info.metadata != before)
+        })
     }
 
     /// Whether leases may expire now: always without self-preservation, else only while
@@ -705,26 +702,28 @@ impl Registry {
     }
 
     /// Applies `edit` to an instance's record under the journal lock; records a MODIFIED
-    /// change when `edit` says the visible record changed. The lease is renewed, as
-    /// Eureka's status updates do.
+    /// change when `edit` says the visible record changed, and returns the stored record.
+    /// Unless `edit` refuses the change, the lease is renewed, as Eureka's status
+    /// updates do.
     fn change(
         &self,
         app: &str,
         id: &str,
         now: Millis,
-        edit: impl FnOnce(&mut InstanceInfo, &mut Option<Status>) -> bool,
-    ) -> Result<()> {
+        edit: impl FnOnce(&mut InstanceInfo, &mut Option<Status>) -> Result<bool>,
+    ) -> Result<Arc<InstanceInfo>> {
         let mut journal = self.journal.lock();
         let entry = self.app_entry(app).ok_or_else(|| unknown(app, id))?;
         let mut slot = entry
             .instances
             .get_mut(id)
             .ok_or_else(|| unknown(app, id))?;
-        slot.lease.renew(now);
         let mut info = (*slot.info).clone();
         let old_status = info.status;
-        if !edit(&mut info, &mut slot.override_status) {
-            return Ok(());
+        let changed = edit(&mut info, &mut slot.override_status)?;
+        slot.lease.renew(now);
+        if !changed {
+            return Ok(slot.info.clone());
         }
         info.action_type = ActionType::Modified;
         info.last_updated_timestamp = now;
@@ -734,10 +733,10 @@ impl Registry {
         drop(slot);
         journal.counts[old_status.index()] -= 1;
         journal.counts[info.status.index()] += 1;
-        let version = self.record(&mut journal, now, info, lease);
+        let version = self.record(&mut journal, now, info.clone(), lease);
         drop(journal);
         self.notify(version);
-        Ok(())
+        Ok(info)
     }
 
     /// Removes an instance (cancel, or eviction when `evict_compensation` is set: then

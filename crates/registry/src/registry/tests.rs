@@ -232,6 +232,51 @@ fn metadata_updates_merge_and_show_in_the_delta() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("301") && err.contains("at most 256"), "{err}");
+    let err = r
+        .update_metadata(
+            "A",
+            "a1",
+            &BTreeMap::from([(String::new(), "v".into())]),
+            T0,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidField {
+                field: "metadata key",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn concurrent_metadata_updates_never_pass_the_cap_together() {
+    let r = Arc::new(reg(true));
+    r.register(inst("a", "a1"), false, T0).unwrap();
+    // Eight updates of 40 new keys each: only six fit under 256.
+    let start = Arc::new(std::sync::Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (r, start) = (r.clone(), start.clone());
+            std::thread::spawn(move || {
+                let m: BTreeMap<String, String> = (0..40)
+                    .map(|k| (format!("t{t}-{k}"), String::new()))
+                    .collect();
+                start.wait();
+                r.update_metadata("A", "a1", &m, T0 + 1).is_ok()
+            })
+        })
+        .collect();
+    let ok = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(ok, 6);
+    assert_eq!(r.instance("A", "a1").unwrap().info.metadata.len(), 240);
 }
 
 #[test]
