@@ -228,3 +228,83 @@ async fn peers_replicate_with_the_shared_credentials() {
         n.shutdown(Duration::from_secs(5)).await.unwrap();
     }
 }
+
+/// A stand-in peer that records every replication batch it receives.
+async fn spy_peer() -> (String, std::sync::Arc<parking_lot::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/eureka/v2/peerreplication/batch",
+        axum::routing::post(move |body: String| {
+            record.lock().push(body);
+            async { r#"{"responseList":[]}"# }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/eureka/v2", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn replicated_changes_are_never_forwarded_again() {
+    // A replicates to B, B to a spy. Whatever clients do on A reaches B as
+    // replication, and B must not pass it on; what a client does on B it must.
+    let (spy_url, spy) = spy_peer().await;
+    let b = Server::start(ServerConfig {
+        peers: vec![spy_url],
+        ..cfg()
+    })
+    .await
+    .unwrap();
+    let a = Server::start(ServerConfig {
+        peers: vec![b.service_url()],
+        ..cfg()
+    })
+    .await
+    .unwrap();
+    let (ua, ub) = (a.service_url(), b.service_url());
+    let c = http();
+    assert_eq!(register(&ua, "LOOP", "r1").await.status(), 204);
+    for req in [
+        c.put(format!("{ua}/apps/LOOP/r1")),
+        c.put(format!("{ua}/apps/LOOP/r1/status?value=OUT_OF_SERVICE")),
+        c.delete(format!("{ua}/apps/LOOP/r1/status?value=UP")),
+        c.put(format!("{ua}/apps/LOOP/r1/metadata?zone=z1")),
+        c.put(format!("{ua}/apps/LOOP/r1")),
+        c.delete(format!("{ua}/apps/LOOP/r1")),
+    ] {
+        assert_eq!(code(req).await, 200);
+    }
+    // Per peer, tasks travel in order: once B holds r2, it has applied all of r1's.
+    assert_eq!(register(&ua, "LOOP", "r2").await.status(), 204);
+    eventually(
+        Duration::from_secs(15),
+        "B to receive A's changes",
+        || async { b.registry().instance("LOOP", "r2").is_some() },
+    )
+    .await;
+    assert!(b.registry().instance("LOOP", "r1").is_none());
+    // The control: a client's heartbeat on B does reach the spy, and after it
+    // anything B had forwarded earlier would have arrived too.
+    assert_eq!(code(c.put(format!("{ub}/apps/LOOP/r2"))).await, 200);
+    eventually(
+        Duration::from_secs(15),
+        "B's own heartbeat at the spy",
+        || async { spy.lock().iter().any(|b| b.contains("\"Heartbeat\"")) },
+    )
+    .await;
+    let batches = spy.lock().clone();
+    let tasks: Vec<&str> = batches
+        .iter()
+        .flat_map(|b| b.split("{\"action\":").skip(1))
+        .collect();
+    assert_eq!(tasks.len(), 1, "B forwarded replicated tasks: {batches:?}");
+    assert!(
+        tasks[0].starts_with("\"Heartbeat\"") && tasks[0].contains("\"r2\""),
+        "{batches:?}"
+    );
+    for n in [a, b] {
+        n.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+}
