@@ -119,6 +119,20 @@ impl SegmentHeader {
     }
 }
 
+impl SegmentHeader {
+    /// The fields of a header that failed its checks, read as they stand. Its salt may still be
+    /// intact, and a valid group under it proves that the header had been synced (see
+    /// `recovery.rs`).
+    pub(crate) fn salvage(b: &[u8; SEGMENT_HEADER_LEN]) -> Self {
+        SegmentHeader {
+            segment: u64_at(b, 16),
+            first_group: u64_at(b, 24),
+            next_id: u64_at(b, 32),
+            salt: u64_at(b, 40),
+        }
+    }
+}
+
 /// CRC of a 48-byte header (segment or checkpoint) over everything but its CRC field (12..16).
 fn header_crc(b: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&b[0..12]), &b[16..])

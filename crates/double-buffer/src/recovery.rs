@@ -20,7 +20,7 @@ use crate::format::{
     self, Bad, CHECKPOINT_NAME, CheckpointData, FORMAT_VERSION, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 use crate::replay::Position;
-use crate::scan::{Cursor, Step, Tail, examine_tail, read_segment_header};
+use crate::scan::{Cursor, Step, Tail, examine_tail, read_segment_header, salvage_segment_header};
 use crate::storage::{Storage, StorageFile, read_full_at};
 
 /// What opening a log found and did.
@@ -309,9 +309,30 @@ fn scan_segment(
                 }),
             ));
         }
-        Err(Bad::Zero | Bad::Invalid(_)) if last => {
-            // The header is synced before any group is written, so a bad header on the last
-            // segment means its creation was interrupted; it holds no record.
+        Err(bad @ (Bad::Zero | Bad::Invalid(_))) if last => {
+            // The header is synced before any group is written (with direct I/O it goes out in
+            // the same write as the first group), so a bad header on the last segment normally
+            // means that its creation was interrupted: it holds no acknowledged record. Unless
+            // a valid group follows under the salt the damaged header still carries: then the
+            // header had been synced and rotted since, and the groups behind it are durable.
+            let salvaged = salvage_segment_header(&*file).map_err(&read_err)?;
+            let tail = examine_tail(&file, &salvaged, SEGMENT_HEADER_LEN as u64, 0, chunk)
+                .map_err(&read_err)?;
+            if let Some(later) = tail.later_group {
+                let reason = match bad {
+                    Bad::Invalid(reason) => reason,
+                    _ => "segment header is all zeros".to_owned(),
+                };
+                let e = Error::corrupt(
+                    &path,
+                    0,
+                    format!(
+                        "{reason}, yet a valid group follows at {later}: synced data is damaged"
+                    ),
+                );
+                scan.stop = Some((0, reason));
+                return Ok((scan, Verdict::Fail(e)));
+            }
             scan.stop = Some((0, "segment header incomplete".into()));
             return Ok((scan, Verdict::TornCreation));
         }

@@ -81,6 +81,13 @@ pub(crate) fn read_segment_header(
     Ok(SegmentHeader::decode(&b))
 }
 
+/// Reads a segment header that failed its checks as it stands (missing bytes read as zeros).
+pub(crate) fn salvage_segment_header(file: &dyn StorageFile) -> io::Result<SegmentHeader> {
+    let mut b = [0u8; SEGMENT_HEADER_LEN];
+    read_full_at(file, &mut b, 0)?;
+    Ok(SegmentHeader::salvage(&b))
+}
+
 impl Cursor {
     /// A cursor over `file` (whose header is `header`) reading from its first group (see
     /// [`Cursor::seek`]) up to `limit`. `chunk` bytes are read at a time; the buffer grows to

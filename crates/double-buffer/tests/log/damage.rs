@@ -11,6 +11,7 @@ both!(
     lost_end_of_a_sealed_segment_is_corruption,
     damaged_checkpoint_is_refused,
     crash_during_segment_creation_is_cleaned_up,
+    rotted_header_of_the_last_segment_is_corruption_not_a_torn_creation,
 );
 
 /// Writes `groups` groups of 3 records each (one flush each) and closes.
@@ -205,4 +206,27 @@ fn crash_during_segment_creation_is_cleaned_up(env: &Env) {
         parse(p);
     }
     log.close().unwrap();
+}
+
+/// A bad header on the last segment usually means its creation was interrupted (it holds no
+/// acknowledged record, and it is removed). But synced groups behind it prove the header was
+/// synced and has rotted since: opening must refuse, not delete acknowledged records.
+fn rotted_header_of_the_last_segment_is_corruption_not_a_torn_creation(env: &Env) {
+    let config = big_segments();
+    write_groups(env, 3, &config);
+    let segs = env.segment_files();
+    assert_eq!(segs.len(), 1);
+    let mut bytes = env.read_file(&segs[0]);
+    bytes[20] ^= 0x10; // the segment id field: the header checksum no longer matches
+    env.write_file(&segs[0], bytes);
+    match env.open(config) {
+        Err(Error::Corrupt { offset, path, .. }) => {
+            assert_eq!(offset, 0);
+            assert!(path.ends_with(&segs[0]), "{path:?}");
+        }
+        other => panic!("expected Corrupt, got {:?}", other.map(|(_, r)| r)),
+    }
+    assert_eq!(env.segment_files(), segs, "the segment is kept");
+    let inspection = inspect_storage(&*env.storage()).unwrap();
+    assert!(matches!(inspection.problem, Some(Error::Corrupt { .. })));
 }
