@@ -220,33 +220,41 @@ async fn main() -> Result<()> {
     };
     let q = format!("mqr-bench-d-{tag}");
     queues.push(q.clone());
-    let dir_d = tempfile::tempdir()?;
     let dead_url = format!("amqp://guest:guest@{dead}/%2f");
-    let spilling = ReliablePublisher::start(PublisherConfig::new(
-        &dead_url,
-        Topology::queue(QueueSpec::classic(&q)),
-        dir_d.path(),
-    ))?;
-    let (secs, confirmed) = publish_stream(&spilling, sizes.spill, &payload).await?;
-    if confirmed != 0 {
-        bail!("spill: {confirmed} confirmed by a broker that does not exist");
+    let record_len = 1 + 1 + 8 + 1 + args.size; // the spill record of one message
+    // Both are short and disk-bound: three rounds each, taking turns, and
+    // the best of each (the first round's log is replayed below).
+    let mut dir_d = None;
+    let (mut best_spill, mut best_log) = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        let dir = tempfile::tempdir()?;
+        let spilling = ReliablePublisher::start(PublisherConfig::new(
+            &dead_url,
+            Topology::queue(QueueSpec::classic(&q)),
+            dir.path(),
+        ))?;
+        let (secs, confirmed) = publish_stream(&spilling, sizes.spill, &payload).await?;
+        if confirmed != 0 {
+            bail!("spill: {confirmed} confirmed by a broker that does not exist");
+        }
+        spilling.close().await;
+        best_spill = best_spill.min(secs);
+        dir_d.get_or_insert(dir);
+        let (secs, _) = spill_log_rate(sizes.spill, record_len).await?;
+        best_log = best_log.min(secs);
     }
-    spilling.close().await;
+    let dir_d = dir_d.context("three rounds ran")?;
     rows.push(Row {
         name: "(d) ReliablePublisher, broker down",
         messages: sizes.spill,
-        seconds: secs,
-        note: "every message fsynced to the spill log".into(),
+        seconds: best_spill,
+        note: "every message fsynced to the spill log (best of 3)".into(),
     });
-
-    // The double-buffer log on its own: same records, same pattern.
-    let record_len = 1 + 1 + 8 + 1 + args.size; // the spill record of one message
-    let (secs, n) = spill_log_rate(sizes.spill, record_len).await?;
     rows.push(Row {
         name: "    double-buffer log alone",
-        messages: n,
-        seconds: secs,
-        note: format!("{record_len} B records, one writer, durable waits pipelined"),
+        messages: sizes.spill,
+        seconds: best_log,
+        note: format!("{record_len} B records, one writer, durable waits pipelined (best of 3)"),
     });
 
     // Replay: a restarted publisher drains the spill log of (d). Timed from
