@@ -1,8 +1,7 @@
 //! Leases, the renewal rate and the eviction task's late-tick compensation: pure logic on `now`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use crate::model::Millis;
+use crate::sync::{AtomicU64, Ordering};
 
 /// Whether a lease last renewed at `last_renewal` with `duration_ms` has expired at `now`,
 /// given `compensation_ms` of extra grace (the eviction task's lateness).

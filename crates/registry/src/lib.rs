@@ -112,6 +112,7 @@ mod model;
 mod registry;
 mod replication;
 mod server;
+mod sync;
 
 pub use auth::Auth;
 pub use client::{ClientConfig, ClientStats, LocalRegistry, RegistryClient};
