@@ -100,15 +100,17 @@ impl SegmentHeader {
         if b[0..8] != SEGMENT_MAGIC {
             return Err(Bad::Invalid("segment header has a wrong magic".into()));
         }
-        let version = u16_at(b, 8);
-        if version != FORMAT_VERSION {
-            return Err(Bad::Version(version));
-        }
+        // The checksum first: a header torn right after its magic reads as version 0, and only
+        // a header that verifies says truly which version wrote it.
         let stored = u32_at(b, 12);
         if stored != header_crc(b) {
             return Err(Bad::Invalid(format!(
                 "segment header checksum {stored:#010x} does not match"
             )));
+        }
+        let version = u16_at(b, 8);
+        if version != FORMAT_VERSION {
+            return Err(Bad::Version(version));
         }
         Ok(SegmentHeader {
             segment: u64_at(b, 16),
@@ -314,12 +316,12 @@ impl CheckpointData {
         if b[0..8] != CHECKPOINT_MAGIC {
             return Err(Bad::Invalid("checkpoint has a wrong magic".into()));
         }
+        if u32_at(b, 12) != header_crc(b) {
+            return Err(Bad::Invalid("checkpoint checksum does not match".into()));
+        }
         let version = u16_at(b, 8);
         if version != FORMAT_VERSION {
             return Err(Bad::Version(version));
-        }
-        if u32_at(b, 12) != header_crc(b) {
-            return Err(Bad::Invalid("checkpoint checksum does not match".into()));
         }
         let c = CheckpointData {
             segment: u64_at(b, 16),
@@ -386,9 +388,16 @@ mod tests {
             SegmentHeader::decode(&[0; SEGMENT_HEADER_LEN]),
             Err(Bad::Zero)
         );
+        // A header written by another version (its checksum verifies) names that version ...
         let mut v = h.encode();
         v[8] = 9;
+        let crc = header_crc(&v);
+        v[12..16].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(SegmentHeader::decode(&v), Err(Bad::Version(9)));
+        // ... a header torn after its magic (version 0, no checksum) is just damaged.
+        let mut torn = [0; SEGMENT_HEADER_LEN];
+        torn[..8].copy_from_slice(&SEGMENT_MAGIC);
+        assert!(matches!(SegmentHeader::decode(&torn), Err(Bad::Invalid(_))));
     }
 
     #[test]

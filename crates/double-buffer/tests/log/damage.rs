@@ -12,6 +12,7 @@ both!(
     damaged_checkpoint_is_refused,
     crash_during_segment_creation_is_cleaned_up,
     rotted_header_of_the_last_segment_is_corruption_not_a_torn_creation,
+    a_header_torn_after_its_magic_is_an_interrupted_creation,
 );
 
 /// Writes `groups` groups of 3 records each (one flush each) and closes.
@@ -229,4 +230,20 @@ fn rotted_header_of_the_last_segment_is_corruption_not_a_torn_creation(env: &Env
     assert_eq!(env.segment_files(), segs, "the segment is kept");
     let inspection = inspect_storage(&*env.storage()).unwrap();
     assert!(matches!(inspection.problem, Some(Error::Corrupt { .. })));
+}
+
+/// A crash can keep any prefix of the unsynced header write: one that stops right after the
+/// magic reads as format version 0. That is a torn creation, not a file of another version.
+fn a_header_torn_after_its_magic_is_an_interrupted_creation(env: &Env) {
+    let config = small();
+    write_groups(env, 2, &config);
+    let next = "00000000000000000099.seg";
+    let mut torn = b"SPILLSEG".to_vec();
+    torn.resize(double_buffer::SEGMENT_HEADER_LEN, 0);
+    env.write_file_new(next, torn);
+    let (log, report) = env.open(config).unwrap();
+    assert_eq!(report.removed.len(), 1, "{report:?}");
+    assert!(report.removed[0].ends_with(next));
+    assert_eq!(read_all(&log).len(), 6);
+    log.close().unwrap();
 }
