@@ -491,7 +491,11 @@ impl Config {
             if local.ttl.is_zero() {
                 return Err(config("local.ttl", "0s", "must be positive"));
             }
-            if local.ttl + local.max_stale > Duration::from_secs(24 * 3600) {
+            if local
+                .ttl
+                .checked_add(local.max_stale)
+                .is_none_or(|usable| usable > Duration::from_secs(24 * 3600))
+            {
                 return Err(config(
                     "local.max_stale",
                     format!("{:?}", local.max_stale),
@@ -654,6 +658,16 @@ mod tests {
                     ..base.clone()
                 },
                 "local.max_bytes",
+            ),
+            (
+                Config {
+                    local: Some(LocalConfig {
+                        max_stale: Duration::MAX,
+                        ..LocalConfig::default()
+                    }),
+                    ..base.clone()
+                },
+                "local.max_stale",
             ),
             (
                 Config {
