@@ -239,7 +239,8 @@ impl BreakerConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalConfig {
     /// Upper bound of the cache in bytes (keys + values + per-entry
-    /// overhead). Entries are evicted (TinyLFU) beyond it.
+    /// overhead). Beyond it, the entries fetched longest ago are evicted;
+    /// a value larger than one shard's share is not cached locally.
     pub max_bytes: u64,
     /// A cached value is fresh this long after it was read from Redis.
     pub ttl: Duration,
