@@ -41,6 +41,9 @@ pub use metrics_endpoint::MetricsEndpoint;
 pub use process::{Process, free_port, free_ports, helper_binary};
 pub use promises::Promises;
 
+/// The progress bar type [`counter_bar`] returns.
+pub use indicatif::ProgressBar;
+
 /// A short random suffix for names shared with other users of the same
 /// servers (queues, keys, znodes), so that runs never collide.
 #[must_use]

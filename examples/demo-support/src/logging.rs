@@ -19,7 +19,7 @@ static BARS: LazyLock<MultiProgress> = LazyLock::new(MultiProgress::new);
 /// otherwise. Call once, first thing in `main`.
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,rdkafka=warn,librdkafka=warn,lapin=warn,zookeeper_client=warn")
+        EnvFilter::new("info,rdkafka=warn,librdkafka=warn,lapin=off,zookeeper_client=warn")
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
