@@ -67,11 +67,13 @@
 //!   follows Eureka's rules ([`effective_status`]).
 //! - **Consistency of reads.** Every visible change (register, cancel, eviction,
 //!   status, override, metadata) is applied under one short journal lock together with
-//!   the per-status counts, the version and the delta queue. Every full registry and
-//!   every delta is taken under that lock, so its `apps__hashcode` is exactly the
-//!   registry's at its `versions__delta`, also under concurrent writers. Heartbeats do
-//!   not take that lock, except when the override rules change a status (lease
-//!   timestamps in fetched documents are as of the snapshot).
+//!   the per-status counts, the version and the delta queue. Every delta is taken
+//!   under that lock; a full registry is copied between two reads of the version and
+//!   copied again under the lock if a change landed meanwhile. Either way its
+//!   `apps__hashcode` is exactly the registry's at its `versions__delta`, also under
+//!   concurrent writers, and writers are not held up while 10⁶ instances are copied.
+//!   Heartbeats do not take that lock, except when the override rules change a
+//!   status (lease timestamps in fetched documents are as of the copy).
 //! - **Visibility.** Serialized responses are cached per registry version: the first
 //!   read after a change rebuilds them, so a registration is visible to the next read.
 //!   `GET /apps/delta?version=N&wait=30s` returns as soon as the registry moves past N.

@@ -8,7 +8,9 @@
 //!   per-status counts, bump the version and append to the delta queue — all as one
 //!   step. A reader that takes the journal mutex therefore sees the map, the counts,
 //!   the version and the queue at the same instant, which is what makes every
-//!   `(delta, apps__hashcode)` pair consistent under concurrent writers.
+//!   `(delta, apps__hashcode)` pair consistent under concurrent writers. A full
+//!   snapshot copies the map without the mutex and keeps the copy only if the version
+//!   did not move meanwhile (see `snapshot`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -619,6 +621,34 @@ impl Registry {
         Self::coalesce(version, hashcode, &changes)
     }
 
+    /// Copies the records and leases of every app, or of `only`, unsorted.
+    fn copy_apps(&self, only: Option<&str>) -> Vec<Application> {
+        let copy = |name: &String, app: &AppEntry| Application {
+            name: name.clone(),
+            instances: app
+                .instances
+                .iter()
+                .map(|s| Instance {
+                    info: s.info.clone(),
+                    lease: lease_info(&s.info, &s.lease, 0),
+                })
+                .collect(),
+        };
+        match only {
+            Some(name) => self
+                .apps
+                .get(name)
+                .map(|app| copy(app.key(), app.value()))
+                .into_iter()
+                .collect(),
+            None => self
+                .apps
+                .iter()
+                .map(|app| copy(app.key(), app.value()))
+                .collect(),
+        }
+    }
+
     /// Keeps the latest change per instance (each is a full-state record), grouped by app.
     fn coalesce(version: u64, apps_hashcode: String, changes: &[Change]) -> Applications {
         let mut latest: HashMap<(&str, &str), usize> = HashMap::with_capacity(changes.len());
@@ -807,27 +837,21 @@ impl Registry {
         }
     }
 
-    /// A consistent copy of the registry, or of one app, taken under the journal lock.
-    /// The whole registry carries the journal's hashcode; one app, its own.
+    /// A consistent copy of the registry, or of one app. The whole registry carries the
+    /// journal's hashcode; one app, its own.
+    ///
+    /// Every visible change mutates the map and bumps the version inside one journal
+    /// critical section, so a copy made between two reads of the version (each under
+    /// the lock) that find it unchanged overlapped no change: it is the registry at
+    /// that version. The copy is therefore made without the lock, and writers are not
+    /// held up for O(instances); only when a change did land meanwhile is it made
+    /// again under the lock (once, so that a stream of writers cannot starve it).
     fn snapshot(&self, only: Option<&str>) -> Applications {
+        let before = self.journal.lock().version;
+        let mut applications = self.copy_apps(only);
         let journal = self.journal.lock();
-        let mut applications = Vec::new();
-        for app in &self.apps {
-            if only.is_some_and(|name| name != app.key()) {
-                continue;
-            }
-            let instances: Vec<Instance> = app
-                .instances
-                .iter()
-                .map(|s| Instance {
-                    info: s.info.clone(),
-                    lease: lease_info(&s.info, &s.lease, 0),
-                })
-                .collect();
-            applications.push(Application {
-                name: app.key().clone(),
-                instances,
-            });
+        if journal.version != before {
+            applications = self.copy_apps(only);
         }
         let version = journal.version;
         let apps_hashcode = reconcile_hashcode(&journal.counts);
