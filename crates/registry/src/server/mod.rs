@@ -122,7 +122,8 @@ impl ServerConfig {
     }
 }
 
-/// Requests a node has served, by kind (replicated ones included).
+/// Requests a node has served, by kind. Requests that carry the replication header
+/// count like any other; tasks applied from a peer's replication batch do not.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServerCounters {
     /// `GET /apps`.
