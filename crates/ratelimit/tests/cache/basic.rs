@@ -35,12 +35,13 @@ async fn ttl_expires_values() {
         .await
         .unwrap();
     let key = unique_key("ttl");
-    cache
-        .set(&key, "short-lived", Some(Duration::from_millis(50)))
-        .await
-        .unwrap();
+    // Long enough that the read right after the write comes before the expiry even on a
+    // loaded machine; Redis counts the TTL from before `set` returned, so the later read is
+    // past it.
+    let ttl = Duration::from_secs(1);
+    cache.set(&key, "short-lived", Some(ttl)).await.unwrap();
     assert!(matches!(cache.get(&key).await.unwrap(), Lookup::Hit(_)));
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
     assert_eq!(cache.get(&key).await.unwrap(), Lookup::Miss);
     let err = cache
         .set(&key, "x", Some(Duration::from_micros(10)))
