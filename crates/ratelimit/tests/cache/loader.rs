@@ -154,11 +154,13 @@ async fn loads_are_bounded_in_number_and_time() {
     let cache = ProtectedCache::connect(cfg).await.unwrap();
     let slow = unique_key("loadbound-slow");
     let other = unique_key("loadbound-other");
+    let loading = Arc::new(tokio::sync::Notify::new());
     let first = {
-        let (cache, slow) = (cache.clone(), slow.clone());
+        let (cache, slow, loading) = (cache.clone(), slow.clone(), Arc::clone(&loading));
         tokio::spawn(async move {
             cache
-                .get_or_load(&slow, || async {
+                .get_or_load(&slow, || async move {
+                    loading.notify_one();
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     Ok::<Option<Vec<u8>>, DbDown>(None)
                 })
@@ -166,7 +168,8 @@ async fn loads_are_bounded_in_number_and_time() {
                 .unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The one load slot is taken once the first loader runs (not after a guessed delay).
+    loading.notified().await;
     let busy = cache
         .get_or_load(&other, || async { Ok::<_, DbDown>(Some("x")) })
         .await
