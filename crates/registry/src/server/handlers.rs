@@ -469,6 +469,23 @@ pub(super) async fn require_auth(
     next.run(req).await
 }
 
+/// Refuses a request body in an encoding the server cannot decode, with a message
+/// (the decompression layer behind it would answer 415 with an empty body).
+pub(super) async fn check_content_encoding(req: Request, next: Next) -> Response {
+    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING)
+        && !matches!(enc.as_bytes(), b"gzip" | b"identity")
+    {
+        let shown = String::from_utf8_lossy(enc.as_bytes());
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            [(header::ACCEPT_ENCODING, "gzip")],
+            format!("unsupported Content-Encoding {shown:?}: send gzip or no encoding"),
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
 fn replicate(node: &Node, task: &Task) {
     if let Some(r) = &node.replicator {
         r.enqueue(task);

@@ -411,6 +411,55 @@ async fn bad_input_gets_a_4xx_that_says_what_is_wrong() {
         413,
         "a small gzip body that inflates past the limit is refused"
     );
+    // Odd requests of every kind: each gets a 4xx with a message (a panicking
+    // handler would drop the connection instead).
+    let c = http();
+    let odd = [
+        c.post(format!("{base}/apps/ZIP"))
+            .header("Content-Type", "application/json")
+            .header("Content-Encoding", "gzip")
+            .body("not gzip at all"),
+        c.post(format!("{base}/apps/ZIP"))
+            .header("Content-Encoding", "zstd-or-something")
+            .body("{}"),
+        c.get(format!("{base}/apps/%FF%FE")),
+        c.put(format!(
+            "{base}/apps/ZIP/z1?lastDirtyTimestamp=99999999999999999999999"
+        )),
+        c.put(format!("{base}/apps/ZIP/z1/status?value=%00")),
+        c.put(format!("{base}/apps/ZIP/z1/metadata")),
+        c.get(format!("{base}/apps/delta?version=-1")),
+        c.get(format!("{base}/apps/delta?version=1&wait=forever")),
+        c.post(format!("{base}/apps/ZIP"))
+            .header("Content-Type", "application/xml")
+            .body("<instance><port enabled=\"maybe\">1</port></instance>"),
+    ];
+    // A batch answers per task: a bad task is a 400 inside a 200.
+    let r = c
+        .post(format!("{base}/peerreplication/batch"))
+        .header(registry::REPLICATION_HEADER, "true")
+        .body(r#"{"replicationList":[{"action":"Register","appName":"A","id":"x"},7,null]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let codes: Value = r.json().await.unwrap();
+    assert_eq!(
+        codes,
+        serde_json::json!({"responseList":[{"statusCode":400},{"statusCode":400},{"statusCode":400}]})
+    );
+    for req in odd {
+        let r = req
+            .send()
+            .await
+            .expect("an answer, not a dropped connection");
+        let (status, url) = (r.status(), r.url().clone());
+        let text = r.text().await.unwrap();
+        assert!(
+            status.is_client_error() && !text.trim().is_empty(),
+            "{url}: {status} {text:?}"
+        );
+    }
     server.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
