@@ -182,13 +182,26 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    /// The reaper task ends once its `Deadlines` is dropped, whether it was sleeping towards a
+    /// deadline or idle with an empty queue.
+    #[tokio::test(start_paused = true)]
     async fn the_reaper_stops_with_its_owner() {
-        let d = Deadlines::start(Duration::from_millis(10));
-        let weak = Arc::downgrade(&d.shared);
-        assert_eq!(d.run(async { 1 }).await, Ok(1));
-        drop(d);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(weak.strong_count(), 0);
+        let tasks = tokio::runtime::Handle::current().metrics();
+        let before = tasks.num_alive_tasks();
+        for busy in [true, false] {
+            let d = Deadlines::start(Duration::from_millis(10));
+            assert_eq!(tasks.num_alive_tasks(), before + 1, "the reaper runs");
+            if busy {
+                assert_eq!(d.run(async { 1 }).await, Ok(1));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            drop(d);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(
+                tasks.num_alive_tasks(),
+                before,
+                "busy {busy}: the reaper ended"
+            );
+        }
     }
 }
