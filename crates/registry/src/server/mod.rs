@@ -359,7 +359,7 @@ fn router(node: Arc<Node>) -> Router {
     }
     app.layer(RequestBodyLimitLayer::new(node.cfg.max_batch_body_bytes))
         .layer(RequestDecompressionLayer::new())
-        .layer(axum::middleware::from_fn(handlers::check_content_encoding))
+        .layer(axum::middleware::from_fn(check_content_encoding))
         .layer(CompressionLayer::new())
         .with_state(node)
 }
