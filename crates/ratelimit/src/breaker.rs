@@ -999,8 +999,9 @@ mod tests {
 
     proptest! {
         /// Whatever happens: at most N probes are outstanding per half-open
-        /// period, transitions follow the diagram, and the breaker is
-        /// never open past its open_until without a transition.
+        /// period, transitions follow the diagram, an open breaker refuses
+        /// every call until its open_until, and the first call after it
+        /// finds the breaker half-open.
         #[test]
         fn state_machine_invariants(ops in prop::collection::vec(op(), 1..300)) {
             let cfg = BreakerConfig {
@@ -1013,12 +1014,21 @@ mod tests {
             let mut core = BreakerCore::new(cfg).unwrap();
             let mut now = Duration::ZERO;
             let mut held: Vec<Ticket> = Vec::new();
-            let mut probes_out = 0u32;
             let mut state = State::Closed;
             for op in ops {
                 match op {
                     Op::Acquire => {
-                        if let Ok(t) = core.try_acquire(now) {
+                        let open_until = (core.state() == State::Open).then(|| core.open_until());
+                        let result = core.try_acquire(now);
+                        match open_until {
+                            Some(until) if now < until => prop_assert_eq!(
+                                result,
+                                Err(Rejected::Open { retry_after: until - now })
+                            ),
+                            Some(_) => prop_assert_eq!(core.state(), State::HalfOpen),
+                            None => {}
+                        }
+                        if let Ok(t) = result {
                             held.push(t);
                         }
                     }
@@ -1051,14 +1061,13 @@ mod tests {
                 }
                 prop_assert_eq!(core.state(), state);
                 if state == State::HalfOpen {
-                    probes_out = held
+                    let probes_out = held
                         .iter()
                         .filter(|t| t.is_probe() && t.generation == core.generation())
-                        .count() as u32;
-                    prop_assert!(probes_out <= 2);
+                        .count();
+                    prop_assert!(probes_out <= 2, "{} probes out", probes_out);
                 }
             }
-            let _ = probes_out;
         }
     }
 }
