@@ -20,7 +20,8 @@ const MAGIC: &[u8; 3] = b"HK\x01";
 /// One message's worth of aggregated counts from one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Report {
-    /// Which instance counted these reads.
+    /// Which instance counted these reads (encoded as its first 255 bytes at most,
+    /// cut on a character boundary).
     pub instance: String,
     /// End of the interval the counts cover (ms since the epoch, instance clock).
     pub interval_end_ms: u64,
@@ -58,7 +59,13 @@ impl Report {
                 .sum::<usize>();
         let mut out = Vec::with_capacity(size);
         out.extend_from_slice(MAGIC);
-        let id = &self.instance.as_bytes()[..self.instance.len().min(255)];
+        // At most 255 bytes, cut on a character boundary so that it stays UTF-8
+        // (a cut inside a character would make the whole report undecodable).
+        let mut cut = self.instance.len().min(255);
+        while !self.instance.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let id = &self.instance.as_bytes()[..cut];
         out.push(id.len() as u8);
         out.extend_from_slice(id);
         out.extend_from_slice(&self.interval_end_ms.to_be_bytes());
@@ -194,6 +201,19 @@ mod tests {
                 .to_string()
                 .contains("magic")
         );
+    }
+
+    #[test]
+    fn a_long_instance_id_is_cut_on_a_character_boundary() {
+        // 254 ASCII bytes then a 2-byte character: byte 255 falls inside it.
+        let r = Report {
+            instance: format!("{}é and more", "a".repeat(254)),
+            interval_end_ms: 1,
+            entries: vec![(b"k".to_vec(), 1)],
+        };
+        let back = Report::decode(&r.encode(), "t").unwrap();
+        assert_eq!(back.instance, "a".repeat(254));
+        assert_eq!(back.entries, r.entries);
     }
 
     proptest! {
