@@ -11,7 +11,7 @@ use crate::clock::ManualClock;
 use crate::config::Config;
 use crate::detector::{Detector, Event};
 use crate::error::{Error, Result};
-use crate::rule::Rule;
+use crate::rule::{MAX_THRESHOLD, Rule};
 
 /// What to scan for.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,8 +36,19 @@ impl ScanConfig {
 
 /// The catch-all rule of `hotkey-scan`.
 pub fn catch_all(threshold: u64, window_ms: u64) -> Result<Rule> {
-    if window_ms == 0 {
-        return Err(Error::config("--window-ms", window_ms, "must be positive"));
+    if !(1..=u64::from(u32::MAX)).contains(&window_ms) {
+        return Err(Error::config(
+            "--window-ms",
+            window_ms,
+            "must be in 1..=4294967295 (49 days)",
+        ));
+    }
+    if !(1..=MAX_THRESHOLD).contains(&threshold) {
+        return Err(Error::config(
+            "--threshold",
+            threshold,
+            "must be in 1..=2^32",
+        ));
     }
     let buckets = (1..=10u64)
         .rev()
@@ -51,8 +62,7 @@ pub fn catch_all(threshold: u64, window_ms: u64) -> Result<Rule> {
         cooldown: Duration::from_millis(window_ms),
         ..Rule::default()
     };
-    rule.validate()
-        .map_err(|_| Error::config("--threshold", threshold, "must be in 1..=2^32"))?;
+    rule.validate()?;
     Ok(rule)
 }
 
@@ -248,6 +258,11 @@ mod tests {
             assert_eq!(parse_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
         assert_eq!(display_key(b"plain"), "plain");
+        // Each bad argument is named, not reported as another one.
+        let e = catch_all(1000, 1 << 40).unwrap_err().to_string();
+        assert!(e.contains("--window-ms"), "{e}");
+        let e = catch_all(0, 1000).unwrap_err().to_string();
+        assert!(e.contains("--threshold = 0"), "{e}");
         assert_eq!(display_key(b"a\xff%b"), "a%FF%25b");
     }
 
