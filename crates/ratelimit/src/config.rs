@@ -48,7 +48,8 @@ impl Rate {
         self.interval().saturating_mul(self.burst)
     }
 
-    fn validate(&self, field: &'static str) -> Result<()> {
+    /// Checks the rate; errors name `field`.
+    pub(crate) fn validate(&self, field: &'static str) -> Result<()> {
         if self.count == 0 {
             return Err(config(field, self, "count must be at least 1"));
         }

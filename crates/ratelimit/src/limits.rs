@@ -271,8 +271,10 @@ impl<C: Clock> fmt::Debug for KeyedLimiter<C> {
 
 impl<C: Clock + Clone> KeyedLimiter<C> {
     /// `rate` per key, at most `cap` keys tracked, keys idle for `idle`
-    /// evicted; `idle` must be at least the rate's refill time.
+    /// evicted; `idle` must be at least the rate's refill time. A rate with
+    /// a zero count or burst is an error, as in [`Config`](crate::Config).
     pub fn new(rate: Rate, cap: usize, idle: Duration, clock: C) -> Result<Self> {
+        rate.validate("rate")?;
         Self::build(rate, cap, idle, clock, Gauge::noop(), Counter::noop())
     }
 
@@ -435,6 +437,10 @@ mod tests {
             }
         ));
         assert!(BoundedKeyStore::<Bytes, _>::new(0, SEC, FakeRelativeClock::default()).is_err());
+        for bad in [Rate::per_second(0), Rate::per_second(5).with_burst(0)] {
+            let err = KeyedLimiter::new(bad, 10, SEC, FakeRelativeClock::default()).unwrap_err();
+            assert!(matches!(err, Error::Config { field: "rate", .. }), "{err}");
+        }
     }
 
     #[test]
