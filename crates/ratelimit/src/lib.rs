@@ -122,4 +122,7 @@ pub use window::WindowTotals;
 
 pub use bytes;
 pub use governor;
+/// `hotkey::HotKeySet` implements [`HotKeys`]: re-exported so callers use the same version.
+#[cfg(feature = "hotkey")]
+pub use hotkey;
 pub use redis;
