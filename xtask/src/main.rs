@@ -11,6 +11,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 mod bench;
+mod demo;
 mod prereqs;
 mod services;
 #[cfg(test)]
@@ -26,7 +27,10 @@ commands:
                             installed, then `cargo test --workspace` (unit,
                             integration and doc tests); ARGS go to cargo test
   bench [--smoke] [NAME...] every crate's benchmark (release) and BENCHMARKS.md;
-                            --smoke: a few seconds each, debug build, no file";
+                            --smoke: a few seconds each, debug build, no file
+  demo [SCENARIO...]        services up, build the example apps (release), run
+                            order-service, hot-cache, discovery, election (or
+                            those named) and print one row per promise";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +41,7 @@ fn main() -> Result<()> {
         "services" => services::run(rest),
         "test" => test(rest),
         "bench" => bench::run(rest),
+        "demo" => demo::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

@@ -39,7 +39,7 @@ mod promises;
 pub use logging::{Phase, counter_bar, demo_setting, init_logging};
 pub use metrics_endpoint::MetricsEndpoint;
 pub use process::{Process, free_port, free_ports, helper_binary};
-pub use promises::Promises;
+pub use promises::{Promises, exit_code};
 
 /// The progress bar type [`counter_bar`] returns.
 pub use indicatif::ProgressBar;

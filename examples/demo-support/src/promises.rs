@@ -82,6 +82,16 @@ impl Promises {
     }
 }
 
+/// The exit code of a scenario's `main`: its own, or a failure (logged)
+/// when it stopped with an error before checking its promises.
+#[must_use]
+pub fn exit_code(scenario: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        tracing::error!("{scenario} failed: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,10 +116,7 @@ async fn main() -> ExitCode {
         Some(Role::Instance(a)) => run_instance(a).await.map(|()| ExitCode::SUCCESS),
         None => scenario(args).await,
     };
-    result.unwrap_or_else(|e| {
-        tracing::error!("discovery failed: {e:#}");
-        ExitCode::FAILURE
-    })
+    demo_support::exit_code("discovery", result)
 }
 
 async fn scenario(args: Args) -> Result<ExitCode> {

@@ -79,10 +79,7 @@ const ELECTION_LIMIT: Duration = Duration::from_secs(30);
 async fn main() -> ExitCode {
     demo_support::init_logging();
     let args = Args::parse();
-    scenario(args).await.unwrap_or_else(|e| {
-        tracing::error!("election failed: {e:#}");
-        ExitCode::FAILURE
-    })
+    demo_support::exit_code("election", scenario(args).await)
 }
 
 async fn scenario(args: Args) -> Result<ExitCode> {

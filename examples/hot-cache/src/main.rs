@@ -105,10 +105,7 @@ const POSTER_BYTES: usize = 8 << 20;
 async fn main() -> ExitCode {
     demo_support::init_logging();
     let args = Args::parse();
-    scenario(args).await.unwrap_or_else(|e| {
-        tracing::error!("hot-cache failed: {e:#}");
-        ExitCode::FAILURE
-    })
+    demo_support::exit_code("hot-cache", scenario(args).await)
 }
 
 async fn scenario(args: Args) -> Result<ExitCode> {

@@ -85,10 +85,7 @@ struct Args {
 async fn main() -> ExitCode {
     demo_support::init_logging();
     let args = Args::parse();
-    scenario(args).await.unwrap_or_else(|e| {
-        tracing::error!("order-service failed: {e:#}");
-        ExitCode::FAILURE
-    })
+    demo_support::exit_code("order-service", scenario(args).await)
 }
 
 async fn scenario(args: Args) -> Result<ExitCode> {
