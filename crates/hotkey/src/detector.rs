@@ -531,12 +531,14 @@ impl Detector {
     }
 
     /// Spawns a tokio task that calls [`tick`](Self::tick) every `period`
-    /// (use the smallest bucket of the rules) until the handle is aborted.
+    /// (use [`tick_period`](Self::tick_period); a zero period counts as
+    /// 1 ms) until the handle is aborted.
     pub fn spawn_ticker(
         self: &Arc<Self>,
         period: std::time::Duration,
     ) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
+        let period = period.max(std::time::Duration::from_millis(1));
         tokio::spawn(async move {
             let mut every = tokio::time::interval(period);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -106,11 +106,11 @@ impl ReporterConfig {
                 "must be 1..=255 bytes",
             ));
         }
-        if self.interval < Duration::from_millis(1) {
+        if !(Duration::from_millis(1)..=HOUR).contains(&self.interval) {
             return Err(Error::config(
                 "interval",
                 self.interval,
-                "must be at least 1 ms",
+                "must be in 1 ms ..= 1 h",
             ));
         }
         if self.max_keys == 0 {
@@ -127,16 +127,19 @@ impl ReporterConfig {
                 "must be in 1 KiB ..= 64 MiB",
             ));
         }
-        if self.send_timeout < Duration::from_millis(10) {
+        if !(Duration::from_millis(10)..=HOUR).contains(&self.send_timeout) {
             return Err(Error::config(
                 "send_timeout",
                 self.send_timeout,
-                "must be at least 10 ms",
+                "must be in 10 ms ..= 1 h",
             ));
         }
         Ok(())
     }
 }
+
+/// The upper bound of the configured intervals (so that no deadline overflows).
+const HOUR: Duration = Duration::from_secs(3600);
 
 fn kafka_err<'a>(
     op: &'static str,
@@ -458,6 +461,37 @@ pub struct SourceConfig {
     pub overrides: Vec<(String, String)>,
 }
 
+impl SourceConfig {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        if self.brokers.is_empty() {
+            return Err(Error::config(
+                "brokers",
+                &self.brokers,
+                "must name at least one broker",
+            ));
+        }
+        if self.topic.is_empty() || self.topic.len() > 249 {
+            return Err(Error::config("topic", &self.topic, "must be 1..=249 bytes"));
+        }
+        if self.group_id.is_empty() {
+            return Err(Error::config(
+                "group_id",
+                &self.group_id,
+                "must be non-empty",
+            ));
+        }
+        if !(Duration::from_millis(1)..=24 * HOUR).contains(&self.max_report_age) {
+            return Err(Error::config(
+                "max_report_age",
+                self.max_report_age,
+                "must be in 1 ms ..= 1 day",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
@@ -508,22 +542,9 @@ impl fmt::Debug for KafkaSource {
 }
 
 impl KafkaSource {
-    /// Creates the consumer and subscribes to the topic.
+    /// Creates the consumer and subscribes to the topic; `cfg` is validated.
     pub fn new(cfg: SourceConfig, detector: Arc<Detector>) -> Result<Self> {
-        if cfg.brokers.is_empty() {
-            return Err(Error::config(
-                "brokers",
-                &cfg.brokers,
-                "must name at least one broker",
-            ));
-        }
-        if cfg.topic.is_empty() || cfg.group_id.is_empty() {
-            return Err(Error::config(
-                "topic/group_id",
-                (&cfg.topic, &cfg.group_id),
-                "must be non-empty",
-            ));
-        }
+        cfg.validate()?;
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &cfg.brokers)
@@ -702,5 +723,63 @@ impl EmbeddedKafka {
     #[must_use]
     pub fn cluster(&self) -> &MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
         &self.cluster
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_are_validated_and_errors_name_the_field() {
+        ReporterConfig::default().validate().unwrap();
+        SourceConfig::default().validate().unwrap();
+        let reporter = [
+            (
+                "interval",
+                ReporterConfig {
+                    interval: Duration::MAX,
+                    ..ReporterConfig::default()
+                },
+            ),
+            (
+                "send_timeout",
+                ReporterConfig {
+                    send_timeout: Duration::MAX,
+                    ..ReporterConfig::default()
+                },
+            ),
+            (
+                "instance",
+                ReporterConfig {
+                    instance: "x".repeat(256),
+                    ..ReporterConfig::default()
+                },
+            ),
+        ];
+        for (field, cfg) in reporter {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        let source = [
+            (
+                "group_id",
+                SourceConfig {
+                    group_id: String::new(),
+                    ..SourceConfig::default()
+                },
+            ),
+            (
+                "max_report_age",
+                SourceConfig {
+                    max_report_age: Duration::MAX,
+                    ..SourceConfig::default()
+                },
+            ),
+        ];
+        for (field, cfg) in source {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
     }
 }

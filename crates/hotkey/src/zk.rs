@@ -131,25 +131,33 @@ impl ZkConfig {
         }
         validate_root("root", &self.root)?;
         validate_segment("app", &self.app)?;
-        if self.session_timeout < Duration::from_millis(100) {
+        // Upper bounds keep every deadline computed from these representable.
+        if !(Duration::from_millis(100)..=HOUR).contains(&self.session_timeout) {
             return Err(Error::config(
                 "session_timeout",
                 self.session_timeout,
-                "must be at least 100 ms",
+                "must be in 100 ms ..= 1 h",
             ));
         }
-        if self.connection_timeout.is_zero() {
+        if !(Duration::from_millis(1)..=HOUR).contains(&self.connection_timeout) {
             return Err(Error::config(
                 "connection_timeout",
                 self.connection_timeout,
-                "must be positive",
+                "must be in 1 ms ..= 1 h",
             ));
         }
-        if self.min_write_interval < Duration::from_millis(10) {
+        if !(Duration::from_millis(10)..=HOUR).contains(&self.min_write_interval) {
             return Err(Error::config(
                 "min_write_interval",
                 self.min_write_interval,
-                "must be at least 10 ms",
+                "must be in 10 ms ..= 1 h",
+            ));
+        }
+        if self.adopt_grace > 24 * HOUR {
+            return Err(Error::config(
+                "adopt_grace",
+                self.adopt_grace,
+                "must be at most 1 day",
             ));
         }
         if !(1..=10_000).contains(&self.max_ops_per_write) {
@@ -305,6 +313,9 @@ impl fmt::Debug for ZkPublisher {
             .finish_non_exhaustive()
     }
 }
+
+/// The upper bound of most configured intervals.
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// Request size one write transaction stays under.
 const MAX_MULTI_BYTES: usize = 512 * 1024;
@@ -907,6 +918,67 @@ async fn watch_loop(
                 }
                 Err(e) => debug!(error = %e, "reconnecting to zookeeper failed; retrying"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_validated_and_errors_name_the_field() {
+        ZkConfig::default().validate().unwrap();
+        let cases: [(&str, ZkConfig); 6] = [
+            (
+                "session_timeout",
+                ZkConfig {
+                    session_timeout: Duration::MAX,
+                    ..ZkConfig::default()
+                },
+            ),
+            (
+                "connection_timeout",
+                ZkConfig {
+                    connection_timeout: Duration::ZERO,
+                    ..ZkConfig::default()
+                },
+            ),
+            (
+                "min_write_interval",
+                ZkConfig {
+                    min_write_interval: Duration::MAX,
+                    ..ZkConfig::default()
+                },
+            ),
+            (
+                "adopt_grace",
+                ZkConfig {
+                    adopt_grace: Duration::MAX,
+                    ..ZkConfig::default()
+                },
+            ),
+            (
+                "root",
+                ZkConfig {
+                    root: "hotkeys".into(),
+                    ..ZkConfig::default()
+                },
+            ),
+            (
+                "credentials.user",
+                ZkConfig {
+                    credentials: Some(DigestCredentials {
+                        user: "a:b".into(),
+                        password: "p".into(),
+                    }),
+                    ..ZkConfig::default()
+                },
+            ),
+        ];
+        for (field, cfg) in cases {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
         }
     }
 }
