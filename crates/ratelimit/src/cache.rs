@@ -376,24 +376,7 @@ where
                 guard::read_hash(&mut conn, key, big.max_bytes, big.max_elements).await
             })
             .await?;
-        let guarded = match read {
-            Ok(g) => g,
-            Err(reason) => return Ok(self.blank(reason)),
-        };
-        let counters = &self.inner.metrics.redis;
-        Ok(match guarded {
-            Guarded::Missing => {
-                counters.miss.increment(1);
-                Lookup::Miss
-            }
-            Guarded::Value(pairs) => {
-                counters.hit.increment(1);
-                Lookup::Hit(pairs)
-            }
-            Guarded::TooLarge(size) => self.refused_read(key, size, big.max_bytes),
-            Guarded::TooManyElements(n) => self.refused_read(key, n, big.max_elements),
-            Guarded::WrongType(found) => return Err(wrong_type(key, found, "hash")),
-        })
+        self.judge(key, read, "hash")
     }
 
     /// Measures a value of any type on the server without transferring
@@ -504,22 +487,10 @@ where
                 guard::read_string(&mut conn, key, max, probe).await
             })
             .await?;
-        let guarded = match read {
-            Ok(g) => g,
-            Err(reason) => return Ok(self.blank(reason)),
-        };
-        let counters = &self.inner.metrics.redis;
-        Ok(match guarded {
-            Guarded::Missing => {
-                counters.miss.increment(1);
-                Lookup::Miss
-            }
-            Guarded::Value(v) => {
-                counters.hit.increment(1);
-                self.warn_if_big(key, v.len() as u64, "read");
-                Lookup::Hit(v)
-            }
-            Guarded::TooLarge(size) | Guarded::TooManyElements(size) => {
+        let lookup = self.judge(key, read, "string")?;
+        match &lookup {
+            Lookup::Hit(v) => self.warn_if_big(key, v.len() as u64, "read"),
+            Lookup::TooLarge { size, .. } => {
                 let until = self
                     .inner
                     .time
@@ -527,10 +498,37 @@ where
                     .saturating_add(self.inner.too_large_ns);
                 self.inner
                     .too_large
-                    .insert(Bytes::copy_from_slice(key), (size, until));
-                self.refused_read(key, size, max)
+                    .insert(Bytes::copy_from_slice(key), (*size, until));
             }
-            Guarded::WrongType(found) => return Err(wrong_type(key, found, "string")),
+            Lookup::Miss | Lookup::Blank(_) => {}
+        }
+        Ok(lookup)
+    }
+
+    /// The outcome of a size-checked read, counted: a blank, a miss, a hit,
+    /// or a value above the limits refused; another type than `expected` is
+    /// an error.
+    fn judge<V>(
+        &self,
+        key: &[u8],
+        read: std::result::Result<Guarded<V>, BlankReason>,
+        expected: &'static str,
+    ) -> Result<Lookup<V>> {
+        let big = &self.inner.cfg.big_values;
+        let counters = &self.inner.metrics.redis;
+        Ok(match read {
+            Err(reason) => self.blank(reason),
+            Ok(Guarded::Missing) => {
+                counters.miss.increment(1);
+                Lookup::Miss
+            }
+            Ok(Guarded::Value(v)) => {
+                counters.hit.increment(1);
+                Lookup::Hit(v)
+            }
+            Ok(Guarded::TooLarge(size)) => self.refused_read(key, size, big.max_bytes),
+            Ok(Guarded::TooManyElements(n)) => self.refused_read(key, n, big.max_elements),
+            Ok(Guarded::WrongType(found)) => return Err(wrong_type(key, found, expected)),
         })
     }
 
@@ -585,15 +583,13 @@ where
         key: &[u8],
         res: std::result::Result<std::result::Result<T, ReadError>, Elapsed>,
     ) -> Result<std::result::Result<T, BlankReason>> {
+        let res = match res {
+            // The connection's own response timeout (the cluster client's) is the same bound.
+            Ok(Err(ReadError::Redis(e))) if e.is_timeout() => Err(Elapsed),
+            other => other,
+        };
         match res {
-            Err(_) => {
-                permit.failure();
-                tracing::debug!(op, key = %show_key(key), "redis call timed out");
-                self.inner.conn.timed_out();
-                Ok(Err(BlankReason::Timeout))
-            }
-            Ok(Err(ReadError::Redis(e))) if e.is_timeout() => {
-                // The connection's own response timeout (the same bound).
+            Err(Elapsed) => {
                 permit.failure();
                 tracing::debug!(op, key = %show_key(key), "redis call timed out");
                 self.inner.conn.timed_out();
@@ -725,21 +721,17 @@ where
             reason: BlankReason::CircuitOpen,
         })?;
         let mut conn = inner.conn.handle();
-        match inner
+        let res = match inner
             .deadlines
             .run(cmd.query_async::<Value>(&mut conn))
             .await
         {
-            Err(_) => {
-                permit.failure();
-                inner.conn.timed_out();
-                Err(Error::Timeout {
-                    op,
-                    key: show_key(key),
-                    after: inner.cfg.call_timeout,
-                })
-            }
-            Ok(Err(e)) if e.is_timeout() => {
+            // The connection's own response timeout (the cluster client's) is the same bound.
+            Ok(Err(e)) if e.is_timeout() => Err(Elapsed),
+            other => other,
+        };
+        match res {
+            Err(Elapsed) => {
                 permit.failure();
                 inner.conn.timed_out();
                 Err(Error::Timeout {
