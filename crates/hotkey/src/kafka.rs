@@ -16,9 +16,15 @@
 //!
 //! Delivery: a batch whose send fails is merged back into the aggregate
 //! and sent with the next interval, so a broker outage delays counts but
-//! loses none while the reporter runs. Counts are telemetry: a report may be
-//! counted twice after a consumer-group rebalance (over-counting only), and
-//! the counts of the last interval are lost if the instance dies.
+//! loses none while the reporter runs — up to a bound: the aggregate holds
+//! at most `max_pending_keys` distinct keys, and while it is full, reads of
+//! keys it does not hold yet are dropped and counted
+//! ([`ReporterStats::dropped_reads`]), so that an outage cannot grow every
+//! application instance's memory without bound (keys already held, the busy
+//! ones, keep counting). A key too long to fit in one message is dropped
+//! and counted the same way. Counts are telemetry: a report may be counted
+//! twice after a consumer-group rebalance (over-counting only), and the
+//! counts of the last interval are lost if the instance dies.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -63,6 +69,10 @@ pub struct ReporterConfig {
     pub interval: Duration,
     /// Distinct keys aggregated before an early send is triggered.
     pub max_keys: usize,
+    /// Distinct keys the aggregate holds at most (while sends fail, failed
+    /// batches are kept up to this); reads of further new keys are dropped and
+    /// counted in [`ReporterStats::dropped_reads`]. At least `max_keys`.
+    pub max_pending_keys: usize,
     /// Upper bound of one message's size.
     pub max_message_bytes: usize,
     /// How long one send may wait for the broker before it counts as failed.
@@ -79,6 +89,7 @@ impl Default for ReporterConfig {
             instance: "instance".into(),
             interval: Duration::from_millis(100),
             max_keys: 100_000,
+            max_pending_keys: 1_000_000,
             max_message_bytes: 512 * 1024,
             send_timeout: Duration::from_secs(5),
             overrides: Vec::new(),
@@ -118,6 +129,13 @@ impl ReporterConfig {
                 "max_keys",
                 self.max_keys,
                 "must be at least 1",
+            ));
+        }
+        if self.max_pending_keys < self.max_keys {
+            return Err(Error::config(
+                "max_pending_keys",
+                self.max_pending_keys,
+                "must be at least max_keys",
             ));
         }
         if !(1024..=64 << 20).contains(&self.max_message_bytes) {
@@ -163,6 +181,9 @@ pub struct ReporterStats {
     pub reads: u64,
     /// Sends that failed (their counts were kept for the next interval).
     pub failed_sends: u64,
+    /// Reads not reported: of a new key while `max_pending_keys` keys were
+    /// waiting, or of a key too long to fit in one message.
+    pub dropped_reads: u64,
 }
 
 /// Aggregates an instance's reads and reports them to Kafka. See the module
@@ -175,11 +196,14 @@ pub struct KafkaReporter {
     hasher: foldhash::fast::FixedState,
     shards: Box<[Mutex<Aggregate>]>,
     pending_keys: AtomicU64,
+    /// Longest key that fits in one message.
+    max_key_len: usize,
     full: Notify,
     messages: AtomicU64,
     entries: AtomicU64,
     reads: AtomicU64,
     failed: AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl fmt::Debug for KafkaReporter {
@@ -241,6 +265,7 @@ impl KafkaReporter {
         })
         .await
         .map_err(|_| Error::Closed("metadata task"))??;
+        let max_key_len = cfg.max_message_bytes - header_size(&cfg.instance) - entry_size(0);
         Ok(Arc::new(KafkaReporter {
             cfg,
             producer,
@@ -249,11 +274,13 @@ impl KafkaReporter {
             hasher: foldhash::fast::FixedState::with_seed(PARTITION_SEED),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             pending_keys: AtomicU64::new(0),
+            max_key_len,
             full: Notify::new(),
             messages: AtomicU64::new(0),
             entries: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         }))
     }
 
@@ -269,15 +296,26 @@ impl KafkaReporter {
         self.record_n(key, 1);
     }
 
-    /// Records `n` reads of `key`.
+    /// Records `n` reads of `key` (dropped and counted when the key is too
+    /// long for a message, or new while the aggregate is full; see the module
+    /// docs).
     pub fn record_n(&self, key: &[u8], n: u64) {
         if n == 0 {
+            return;
+        }
+        if key.len() > self.max_key_len {
+            self.dropped.fetch_add(n, Ordering::Relaxed);
             return;
         }
         let h = self.hasher.hash_one(key);
         let mut shard = self.shards[(h as usize) % SHARDS].lock();
         if let Some(c) = shard.get_mut(key) {
             *c = c.saturating_add(n);
+            return;
+        }
+        if self.pending_keys.load(Ordering::Relaxed) >= self.cfg.max_pending_keys as u64 {
+            drop(shard);
+            self.dropped.fetch_add(n, Ordering::Relaxed);
             return;
         }
         shard.insert(key.into(), n);
@@ -381,6 +419,7 @@ impl KafkaReporter {
             entries: self.entries.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
             failed_sends: self.failed.load(Ordering::Relaxed),
+            dropped_reads: self.dropped.load(Ordering::Relaxed),
         }
     }
 

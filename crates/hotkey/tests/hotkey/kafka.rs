@@ -192,3 +192,51 @@ async fn corrupt_and_stale_messages_are_skipped() {
     assert_eq!(hot_keys(&detector), vec![b"y".to_vec()]);
     task.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregate_stays_bounded_while_kafka_is_down() {
+    let kafka = EmbeddedKafka::start(&topic("bounded"), 1).unwrap();
+    let (brokers, topic, cluster) = (kafka.brokers(), kafka.topic().to_owned(), kafka.cluster());
+    let clock = ManualClock::new(START);
+    let r = KafkaReporter::with_clock(
+        ReporterConfig {
+            brokers: brokers.clone(),
+            topic: topic.clone(),
+            instance: "web".into(),
+            max_keys: 2,
+            max_pending_keys: 3,
+            send_timeout: Duration::from_millis(1500),
+            ..ReporterConfig::default()
+        },
+        Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    cluster.broker_down(1).unwrap();
+    // Three keys fit; the reads of two more new keys are dropped and counted,
+    // while a key already held keeps counting.
+    for k in ["k1", "k2", "k3", "k4", "k5"] {
+        r.record(k.as_bytes());
+    }
+    r.record_n(b"k1", 10);
+    assert_eq!(r.stats().dropped_reads, 2);
+    // A failed send keeps what it held, and the bound still holds after it.
+    assert!(r.flush().await.is_err());
+    r.record(b"k6");
+    // A key that can never fit in one message is dropped at once.
+    r.record(&vec![b'x'; 512 * 1024]);
+    assert_eq!(r.stats().dropped_reads, 4);
+    cluster.broker_up(1).unwrap();
+    let mut sent = None;
+    for _ in 0..20 {
+        match r.flush().await {
+            Ok(n) => {
+                sent = Some(n);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    assert_eq!(sent, Some(3), "k1, k2 and k3");
+    assert_eq!(r.stats().reads, 11 + 1 + 1);
+}
