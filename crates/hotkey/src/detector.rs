@@ -777,7 +777,9 @@ mod tests {
 
     #[test]
     fn concurrent_records_on_one_key_are_all_counted() {
-        let (d, clock) = detector(vec![Rule::default().with_threshold(1_000_000)]);
+        // Candidate level 12_500: the key is promoted while four threads record
+        // it, so the sketch, the promotion and the ring all run concurrently.
+        let (d, clock) = detector(vec![Rule::default().with_threshold(100_000)]);
         let d = Arc::new(d);
         let now = clock.now_ms();
         let threads: Vec<_> = (0..4)
@@ -794,7 +796,11 @@ mod tests {
             t.join().unwrap();
         }
         let est = d.estimate_at(b"shared", now).unwrap();
-        // Never under-reports; over-reports at most by reads in flight during promotion.
-        assert!((80_000..80_000 + 250_000 / 4 + 8).contains(&est), "{est}");
+        // One key, so no collisions: nothing is counted twice, and a read racing
+        // with the key's promotion on another thread may be missed (the crate
+        // docs' exception), at most one per thread.
+        assert!((80_000 - 4..=80_000).contains(&est), "{est}");
+        assert_eq!(d.stats().promotions, 1);
+        assert!(d.drain_events().is_empty(), "80_000 is not above 100_000");
     }
 }
