@@ -441,8 +441,9 @@ where
                 value,
                 refresh: Some(token),
             } => {
+                let epoch = local.epoch(key);
                 let fresh = self.read_remote(key, true).await;
-                self.remember_locally(local, key, &fresh);
+                self.remember_locally(local, key, &fresh, epoch);
                 drop(token);
                 match fresh {
                     // The refresh was refused: the stale value beats a blank.
@@ -455,8 +456,9 @@ where
                     .inner
                     .fetches
                     .run(key, || async {
+                        let epoch = local.epoch(key);
                         let r = self.read_remote(key, true).await;
-                        self.remember_locally(local, key, &r);
+                        self.remember_locally(local, key, &r, epoch);
                         r
                     })
                     .await;
@@ -465,11 +467,19 @@ where
         }
     }
 
-    fn remember_locally(&self, local: &LocalCache, key: &[u8], result: &Result<Lookup>) {
+    /// Keeps what a read that began in `epoch` found (see `local.rs`: a
+    /// read older than this instance's last write to the key is not kept).
+    fn remember_locally(
+        &self,
+        local: &LocalCache,
+        key: &[u8],
+        result: &Result<Lookup>,
+        epoch: u64,
+    ) {
         let now = self.inner.time.now_nanos();
         match result {
-            Ok(Lookup::Hit(v)) => local.store(key, Some(v.clone()), now),
-            Ok(Lookup::Miss) => local.store(key, None, now),
+            Ok(Lookup::Hit(v)) => local.store(key, Some(v.clone()), now, epoch),
+            Ok(Lookup::Miss) => local.store(key, None, now, epoch),
             Ok(Lookup::TooLarge { .. }) | Err(_) => local.invalidate(key),
             Ok(Lookup::Blank(_)) => {}
         }

@@ -85,9 +85,10 @@
 //!   the local cache never holds more than `local.max_bytes` bytes.
 //! * Writes: `Ok` means Redis acknowledged the write. [`Error::Timeout`]
 //!   means it may or may not have been applied. Local copies (this
-//!   instance) are dropped on every write; other instances' local copies
-//!   stay until their TTL (plus `max_stale`) runs out: a hot key's value
-//!   may be that old.
+//!   instance) are dropped on every write, and a refresh already reading
+//!   Redis when the write went out does not put the old value back; other
+//!   instances' local copies stay until their TTL (plus `max_stale`) runs
+//!   out: a hot key's value may be that old.
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 

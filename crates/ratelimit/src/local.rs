@@ -11,6 +11,12 @@
 //! fetched longest ago until the shard is within its byte budget, and
 //! publishes the copy.
 //!
+//! A fill races with this instance's own writes: a Redis read that began
+//! before a `set` was acknowledged may return the old value after the
+//! write dropped the local copy. Each shard counts invalidations (its
+//! *epoch*); a fill says which epoch it began in and is not kept if an
+//! invalidation came in between, so a write is never undone locally.
+//!
 //! moka (pinned in the workspace, and still used for the small negative
 //! and too-large memos) was measured first: its `get` costs ~275 ns on this
 //! machine because it records every read for its admission policy; that
@@ -23,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -56,6 +62,8 @@ struct Shard {
     map: ArcSwap<Map>,
     /// Serialises writers; holds the bytes charged to the map.
     write: Mutex<u64>,
+    /// Invalidations so far; changed only under `write`.
+    epoch: AtomicU64,
 }
 
 /// What the local cache knows about a key now.
@@ -107,6 +115,7 @@ impl LocalCache {
                 .map(|_| Shard {
                     map: ArcSwap::from_pointee(Map::with_hasher(hasher.clone())),
                     write: Mutex::new(0),
+                    epoch: AtomicU64::new(0),
                 })
                 .collect(),
             shard_budget: cfg.max_bytes / n,
@@ -146,9 +155,16 @@ impl LocalCache {
         }
     }
 
-    /// Keeps `value` (or "absent") for `key` as fetched at `now_ns`. A
-    /// value too big for a shard is not kept.
-    pub(crate) fn store(&self, key: &[u8], value: Option<Bytes>, now_ns: u64) {
+    /// The epoch of `key`'s shard: take it before reading the value that
+    /// [`store`](Self::store) will keep.
+    pub(crate) fn epoch(&self, key: &[u8]) -> u64 {
+        self.shard(key).epoch.load(Ordering::Acquire)
+    }
+
+    /// Keeps `value` (or "absent") for `key` as fetched at `now_ns`, unless
+    /// the shard was invalidated since `epoch` (the value may predate a
+    /// write). A value too big for a shard is not kept.
+    pub(crate) fn store(&self, key: &[u8], value: Option<Bytes>, now_ns: u64, epoch: u64) {
         let weight =
             key.len() as u64 + value.as_ref().map_or(0, |v| v.len() as u64) + ENTRY_OVERHEAD;
         if weight > self.shard_budget {
@@ -161,24 +177,39 @@ impl LocalCache {
             weight,
             refreshing: AtomicBool::new(false),
         });
-        self.update(key, now_ns, |map| {
+        let shard = self.shard(key);
+        let mut bytes = shard.write.lock();
+        if shard.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        self.update(shard, &mut bytes, key, now_ns, |map| {
             map.insert(Bytes::copy_from_slice(key), entry);
         });
     }
 
+    /// Drops `key`, and makes fills that began before now not keep their
+    /// value.
     pub(crate) fn invalidate(&self, key: &[u8]) {
         let shard = self.shard(key);
+        let mut bytes = shard.write.lock();
+        shard.epoch.fetch_add(1, Ordering::AcqRel);
         if shard.map.load().contains_key(key) {
-            self.update(key, 0, |map| {
+            self.update(shard, &mut bytes, key, 0, |map| {
                 map.remove(key);
             });
         }
     }
 
-    /// Copy, change, clean, bound, publish.
-    fn update(&self, key: &[u8], now_ns: u64, change: impl FnOnce(&mut Map)) {
-        let shard = self.shard(key);
-        let mut bytes = shard.write.lock();
+    /// Copy, change, clean, bound, publish; `bytes` is the shard's write
+    /// lock, held by the caller.
+    fn update(
+        &self,
+        shard: &Shard,
+        bytes: &mut u64,
+        key: &[u8],
+        now_ns: u64,
+        change: impl FnOnce(&mut Map),
+    ) {
         let mut map: Map = Map::clone(&shard.map.load());
         change(&mut map);
         if now_ns > 0 {
@@ -241,7 +272,7 @@ mod tests {
     fn fresh_then_stale_with_one_refresher_then_absent() {
         let c = cache(1 << 20);
         assert!(matches!(c.read(b"k", 0), LocalRead::Absent));
-        c.store(b"k", Some(Bytes::from_static(b"v")), 0);
+        c.store(b"k", Some(Bytes::from_static(b"v")), 0, c.epoch(b"k"));
         assert!(matches!(c.read(b"k", 99 * MS), LocalRead::Fresh(Some(_))));
 
         let first = c.read(b"k", 100 * MS);
@@ -271,14 +302,19 @@ mod tests {
         ));
         assert!(matches!(c.read(b"k", 500 * MS), LocalRead::Absent));
         // A refresh replaces the entry: fresh again.
-        c.store(b"k", Some(Bytes::from_static(b"w")), 500 * MS);
+        c.store(
+            b"k",
+            Some(Bytes::from_static(b"w")),
+            500 * MS,
+            c.epoch(b"k"),
+        );
         assert!(matches!(c.read(b"k", 550 * MS), LocalRead::Fresh(Some(v)) if v == "w"));
     }
 
     #[test]
     fn misses_are_cached_too() {
         let c = cache(1 << 20);
-        c.store(b"gone", None, 0);
+        c.store(b"gone", None, 0, c.epoch(b"gone"));
         assert!(matches!(c.read(b"gone", 0), LocalRead::Fresh(None)));
         c.invalidate(b"gone");
         assert!(matches!(c.read(b"gone", 0), LocalRead::Absent));
@@ -296,10 +332,10 @@ mod tests {
             100,
         );
         let v = Bytes::from(vec![0u8; 100]);
-        c.store(b"a", Some(v.clone()), MS);
-        c.store(b"b", Some(v.clone()), 2 * MS);
-        c.store(b"c", Some(v.clone()), 3 * MS);
-        c.store(b"d", Some(v.clone()), 4 * MS);
+        c.store(b"a", Some(v.clone()), MS, c.epoch(b"a"));
+        c.store(b"b", Some(v.clone()), 2 * MS, c.epoch(b"b"));
+        c.store(b"c", Some(v.clone()), 3 * MS, c.epoch(b"c"));
+        c.store(b"d", Some(v.clone()), 4 * MS, c.epoch(b"d"));
         assert!(
             matches!(c.read(b"a", 4 * MS), LocalRead::Absent),
             "oldest evicted"
@@ -308,14 +344,40 @@ mod tests {
             assert!(matches!(c.read(k, 4 * MS), LocalRead::Fresh(Some(_))));
         }
         // Past the usable age, the next write drops them.
-        c.store(b"e", Some(v), 700 * MS);
+        c.store(b"e", Some(v), 700 * MS, c.epoch(b"e"));
         assert_eq!(c.weighted_size(), 1 + 100 + ENTRY_OVERHEAD);
+    }
+
+    #[test]
+    fn a_fill_that_began_before_a_write_is_not_kept() {
+        let c = cache(1 << 20);
+        c.store(b"k", Some(Bytes::from_static(b"v1")), 0, c.epoch(b"k"));
+        // A refresh starts reading from Redis ...
+        let began = c.epoch(b"k");
+        // ... this instance writes the key (and drops its copy) ...
+        c.invalidate(b"k");
+        // ... and the refresh comes back with the value from before the write.
+        c.store(b"k", Some(Bytes::from_static(b"v1")), MS, began);
+        assert!(matches!(c.read(b"k", MS), LocalRead::Absent));
+        // A fill that began after the write is kept.
+        c.store(b"k", Some(Bytes::from_static(b"v2")), MS, c.epoch(b"k"));
+        assert!(matches!(c.read(b"k", MS), LocalRead::Fresh(Some(v)) if v == "v2"));
+        // The same for a key that had no local copy when it was written.
+        let began = c.epoch(b"new");
+        c.invalidate(b"new");
+        c.store(b"new", None, MS, began);
+        assert!(matches!(c.read(b"new", MS), LocalRead::Absent));
     }
 
     #[test]
     fn a_value_larger_than_a_shard_is_not_kept() {
         let c = cache(4096);
-        c.store(b"big", Some(Bytes::from(vec![0u8; 8192])), 0);
+        c.store(
+            b"big",
+            Some(Bytes::from(vec![0u8; 8192])),
+            0,
+            c.epoch(b"big"),
+        );
         assert!(matches!(c.read(b"big", 0), LocalRead::Absent));
         assert_eq!(c.weighted_size(), 0);
     }
@@ -343,7 +405,7 @@ mod tests {
                     c.invalidate(&key);
                     last.remove(&k);
                 } else {
-                    c.store(&key, Some(Bytes::from(vec![k; len])), i as u64 + 1);
+                    c.store(&key, Some(Bytes::from(vec![k; len])), i as u64 + 1, c.epoch(&key));
                     last.insert(k, len);
                 }
                 prop_assert!(c.weighted_size() <= c.budget());
