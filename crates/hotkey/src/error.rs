@@ -19,14 +19,6 @@ pub enum Error {
         /// What the value must be.
         reason: &'static str,
     },
-    /// A key is longer than the configured maximum.
-    #[error("key of {len} bytes exceeds the maximum of {max} bytes")]
-    KeyTooLong {
-        /// Length of the rejected key.
-        len: usize,
-        /// The configured maximum.
-        max: usize,
-    },
     /// A ZooKeeper path or znode name could not be parsed.
     #[error("invalid znode name {name:?}: {reason}")]
     InvalidZnodeName {
@@ -104,7 +96,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Shorthand for [`Error::InvalidConfig`].
-    #[allow(dead_code)] // used by the counting modules that land next
     pub(crate) fn config(
         field: impl Into<String>,
         value: impl std::fmt::Debug,
