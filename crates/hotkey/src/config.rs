@@ -6,8 +6,10 @@ use crate::sketch::SKETCH_COUNT_MAX;
 
 /// How a [`Detector`](crate::Detector) counts.
 ///
-/// Memory is bounded per rule by `sketch_bytes` plus `max_candidates` exact
-/// windows, whatever the number of distinct keys.
+/// Memory is bounded whatever the number of distinct keys: per rule
+/// `sketch_bytes` plus at most `max_candidates` exact windows (each holding
+/// its key: keys up to 32 bytes inline, longer ones on the heap), plus at
+/// most `max_pending_events` undrained events.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The rules, tried in order: a key is counted under the first rule whose

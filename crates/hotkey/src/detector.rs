@@ -47,6 +47,8 @@ pub struct HotKey {
     /// Name of the rule that fired.
     pub rule: String,
     /// When it was detected, in the detector's clock (ms since the epoch).
+    /// The issue calls it `detected_at`; the unit is in the name, as in
+    /// `hotkey-scan`'s output and the znode data.
     pub detected_at_ms: u64,
 }
 
