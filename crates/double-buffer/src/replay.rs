@@ -113,7 +113,7 @@ impl<'a> Record<'a> {
 }
 
 /// The replay reader: iterates records from the checkpoint on, across segments, with bounded
-/// memory (one read chunk), while appends continue.
+/// memory (one read chunk, grown only for a record larger than it), while appends continue.
 ///
 /// It reads only what is durable. [`Replay::next_record`] returns `Ok(None)` once it has caught up
 /// with the durable end; call it again later for records flushed since. [`Replay::commit`]
