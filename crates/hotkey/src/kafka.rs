@@ -6,7 +6,10 @@
 //! is sent as [`Report`]s, one message per partition. A key always goes to
 //! the same partition (a fixed hash, identical on every instance), so
 //! several detectors in one consumer group split the keys between them and
-//! each still sees every read of its keys.
+//! each still sees every read of its keys. Publishing is single-writer,
+//! though: give one [`ZkPublisher`](crate::ZkPublisher) per app the hot keys
+//! of all of them, since a second publisher of the same app would remove the
+//! first one's keys (see the `zk` module docs).
 //!
 //! The detector runs a [`KafkaSource`] that consumes the topic and feeds
 //! every entry to [`Detector::record_n`](crate::Detector::record_n), at the

@@ -30,6 +30,11 @@
 //! publisher that starts (or restarts) adopts the keys it finds and removes
 //! them after `adopt_grace` unless its own detector finds them hot.
 //!
+//! One publisher per app: it treats every key znode of the app as its own,
+//! so two publishers of one app (say, two detectors of one Kafka consumer
+//! group) would each remove the other's keys after a re-read or the grace.
+//! Several detectors feed one publisher, or publish under different apps.
+//!
 //! # Access control
 //!
 //! The publisher authenticates with `digest` credentials and creates every
