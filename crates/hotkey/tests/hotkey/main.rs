@@ -4,13 +4,16 @@
 mod workload;
 
 mod accuracy;
+#[cfg(feature = "kafka")]
 mod kafka;
 mod scan;
+#[cfg(feature = "zookeeper")]
 mod zk;
 
 use std::time::Duration;
 
 /// Polls `cond` every 10 ms until it holds; fails the test after `timeout`.
+#[cfg_attr(not(any(feature = "kafka", feature = "zookeeper")), allow(dead_code))]
 async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !cond() {
