@@ -24,6 +24,7 @@ both!(
     keyed_records_keep_their_order,
     record_ids_stay_unique_after_every_segment_is_deleted,
     records_larger_than_the_new_buffer_survive_a_config_change,
+    dropping_the_log_flushes_what_nobody_waited_for,
 );
 
 fn append_wait_reopen_replay_commit(env: &Env) {
@@ -319,6 +320,25 @@ fn record_ids_stay_unique_after_every_segment_is_deleted(env: &Env) {
         drop(replay);
         log.close().unwrap();
     }
+}
+
+/// The crate docs promise that dropping a `SpillLog` (not only `close`) flushes everything
+/// first: fire-and-forget records appended just before the drop are all on disk after it.
+fn dropping_the_log_flushes_what_nobody_waited_for(env: &Env) {
+    let config = Config {
+        linger: Duration::from_secs(10), // only the drop can flush them in time
+        ..small()
+    };
+    let (log, _) = env.open(config.clone()).unwrap();
+    for seq in 0..100 {
+        drop(log.append_keyed(3, &payload(4, seq)).unwrap());
+    }
+    drop(log);
+    let (log, report) = env.open(config).unwrap();
+    assert_eq!(report.pending_records, 100, "{report:?}");
+    let seqs: Vec<u32> = read_all(&log).iter().map(|r| parse(&r.2).1).collect();
+    assert_eq!(seqs, (0..100).collect::<Vec<_>>());
+    log.close().unwrap();
 }
 
 #[test]
