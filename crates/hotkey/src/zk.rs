@@ -538,11 +538,13 @@ impl ZkPublisher {
             }
             Err(MultiWriteError::OperationFailed { index, source }) => {
                 self.stats.conflicts += 1;
-                warn!(app = %self.app_path, path = %paths[index], error = %source, "hot-key transaction refused; re-reading");
+                // The index comes from the server's answer: not trusted as an index.
+                let path = paths.get(index).unwrap_or(&self.app_path).clone();
+                warn!(app = %self.app_path, %path, error = %source, "hot-key transaction refused; re-reading");
                 if source == zookeeper_client::Error::NoAuth {
                     return Err(Error::ZooKeeper {
                         op: "multi",
-                        path: paths[index].clone(),
+                        path,
                         source,
                     });
                 }
