@@ -356,13 +356,17 @@ pub(crate) fn segment_name(id: u64) -> String {
     format!("{id:020}.seg")
 }
 
+/// The highest segment id a file name may carry: 2^63 segments are more than any log
+/// creates, and ids above it would make the next id overflow.
+pub(crate) const MAX_SEGMENT_ID: u64 = u64::MAX / 2;
+
 /// The id of a segment file name, if it is one.
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".seg")?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|&id| id <= MAX_SEGMENT_ID)
 }
 
 pub(crate) const CHECKPOINT_NAME: &str = "checkpoint";
@@ -481,5 +485,11 @@ mod tests {
         assert!(segment_name(9) < segment_name(10));
         assert_eq!(parse_segment_name("12.seg"), None);
         assert_eq!(parse_segment_name("checkpoint"), None);
+        // Ids this crate never reaches are not its segments (the next id would overflow).
+        assert_eq!(
+            parse_segment_name(&segment_name(MAX_SEGMENT_ID)),
+            Some(MAX_SEGMENT_ID)
+        );
+        assert_eq!(parse_segment_name(&segment_name(u64::MAX)), None);
     }
 }

@@ -13,6 +13,7 @@ both!(
     crash_during_segment_creation_is_cleaned_up,
     rotted_header_of_the_last_segment_is_corruption_not_a_torn_creation,
     a_header_torn_after_its_magic_is_an_interrupted_creation,
+    a_stray_file_named_beyond_the_segment_ids_is_left_alone,
 );
 
 /// Writes `groups` groups of 3 records each (one flush each) and closes.
@@ -246,4 +247,19 @@ fn a_header_torn_after_its_magic_is_an_interrupted_creation(env: &Env) {
     assert!(report.removed[0].ends_with(next));
     assert_eq!(read_all(&log).len(), 6);
     log.close().unwrap();
+}
+
+/// A file whose name looks like a segment but whose id is beyond any this crate creates (the
+/// next id would overflow) is not taken for a segment: the log opens, and the file stays.
+fn a_stray_file_named_beyond_the_segment_ids_is_left_alone(env: &Env) {
+    let config = small();
+    write_groups(env, 2, &config);
+    let stray = format!("{}.seg", u64::MAX);
+    env.write_file_new(&stray, b"not ours".to_vec());
+    let (log, report) = env.open(config).unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(read_all(&log).len(), 6);
+    log.append(b"x").unwrap().wait().unwrap();
+    log.close().unwrap();
+    assert_eq!(env.read_file(&stray), b"not ours");
 }
