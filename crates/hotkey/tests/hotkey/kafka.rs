@@ -41,6 +41,11 @@ async fn reporter(
         topic: topic.into(),
         instance: instance.into(),
         send_timeout: Duration::from_millis(1500),
+        // Reconnect quickly once a broker is back (the outage test).
+        overrides: vec![
+            ("reconnect.backoff.ms".into(), "10".into()),
+            ("reconnect.backoff.max.ms".into(), "100".into()),
+        ],
         ..ReporterConfig::default()
     };
     KafkaReporter::with_clock(cfg, Arc::new(clock.clone()))
@@ -206,6 +211,11 @@ async fn the_aggregate_stays_bounded_while_kafka_is_down() {
             max_keys: 2,
             max_pending_keys: 3,
             send_timeout: Duration::from_millis(1500),
+            // Reconnect quickly once the broker is back.
+            overrides: vec![
+                ("reconnect.backoff.ms".into(), "10".into()),
+                ("reconnect.backoff.max.ms".into(), "100".into()),
+            ],
             ..ReporterConfig::default()
         },
         Arc::new(clock.clone()),
