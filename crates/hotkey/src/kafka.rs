@@ -103,16 +103,7 @@ impl Default for ReporterConfig {
 impl ReporterConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
-        if self.brokers.is_empty() {
-            return Err(Error::config(
-                "brokers",
-                &self.brokers,
-                "must name at least one broker",
-            ));
-        }
-        if self.topic.is_empty() || self.topic.len() > 249 {
-            return Err(Error::config("topic", &self.topic, "must be 1..=249 bytes"));
-        }
+        validate_endpoint(&self.brokers, &self.topic)?;
         if self.instance.is_empty() || self.instance.len() > 255 {
             return Err(Error::config(
                 "instance",
@@ -157,6 +148,21 @@ impl ReporterConfig {
         }
         Ok(())
     }
+}
+
+/// The checks the reporter's and the source's configs share.
+fn validate_endpoint(brokers: &str, topic: &str) -> Result<()> {
+    if brokers.is_empty() {
+        return Err(Error::config(
+            "brokers",
+            brokers,
+            "must name at least one broker",
+        ));
+    }
+    if topic.is_empty() || topic.len() > 249 {
+        return Err(Error::config("topic", topic, "must be 1..=249 bytes"));
+    }
+    Ok(())
 }
 
 /// The upper bound of the configured intervals (so that no deadline overflows).
@@ -506,16 +512,7 @@ pub struct SourceConfig {
 impl SourceConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
-        if self.brokers.is_empty() {
-            return Err(Error::config(
-                "brokers",
-                &self.brokers,
-                "must name at least one broker",
-            ));
-        }
-        if self.topic.is_empty() || self.topic.len() > 249 {
-            return Err(Error::config("topic", &self.topic, "must be 1..=249 bytes"));
-        }
+        validate_endpoint(&self.brokers, &self.topic)?;
         if self.group_id.is_empty() {
             return Err(Error::config(
                 "group_id",
