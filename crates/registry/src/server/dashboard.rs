@@ -11,11 +11,15 @@ use axum::response::Html;
 use super::Node;
 use crate::model::{Millis, Status};
 
+/// Instance rows the page lists at most: a person reads no more, and a registry of
+/// a million instances must not cost hundreds of megabytes of HTML per page view.
+const MAX_ROWS: usize = 1000;
+
 pub(super) async fn page(State(node): State<Arc<Node>>) -> Html<String> {
     let now = node.now();
     let stats = node.registry.stats(now);
     let apps = node.registry.applications_live();
-    let mut h = String::with_capacity(4096 + apps.instance_count() * 400);
+    let mut h = String::with_capacity(4096 + apps.instance_count().min(MAX_ROWS) * 400);
     h.push_str(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"15\"><title>Registry dashboard</title><style>\
@@ -86,31 +90,42 @@ pub(super) async fn page(State(node): State<Arc<Node>>) -> Html<String> {
     if apps.applications.is_empty() {
         h.push_str("<tr><td colspan=\"7\">No instances are registered.</td></tr>");
     }
-    for app in &apps.applications {
-        for inst in &app.instances {
-            let i = &inst.info;
-            let status = if i.overridden_status != Status::Unknown {
-                format!("{} (override)", i.status)
-            } else {
-                i.status.to_string()
-            };
-            let _ = write!(
-                h,
-                "<tr class=\"instance\" data-app=\"{app}\" data-id=\"{id}\"><td>{app}</td><td>{id}</td>\
-                 <td class=\"status {cls}\">{status}</td><td>{host}:{port}</td><td>{vip}</td>\
-                 <td><span class=\"ago\" data-ts=\"{ts}\" data-now=\"{now}\">{abs}</span></td><td>{reg}</td></tr>",
-                app = esc(&app.name),
-                id = esc(&i.instance_id),
-                cls = i.status.as_str(),
-                status = esc(&status),
-                host = esc(&i.host_name),
-                port = i.port.port,
-                vip = esc(i.vip_address.as_deref().unwrap_or("")),
-                ts = inst.lease.last_renewal_timestamp,
-                abs = utc(inst.lease.last_renewal_timestamp),
-                reg = utc(inst.lease.registration_timestamp),
-            );
-        }
+    let total = apps.instance_count();
+    if total > MAX_ROWS {
+        let _ = write!(
+            h,
+            "<tr id=\"more\"><td colspan=\"7\">The first {MAX_ROWS} of {total} instances, by \
+             application and id; <code>GET /eureka/v2/apps</code> lists them all.</td></tr>"
+        );
+    }
+    let listed = apps
+        .applications
+        .iter()
+        .flat_map(|a| a.instances.iter().map(move |i| (a, i)))
+        .take(MAX_ROWS);
+    for (app, inst) in listed {
+        let i = &inst.info;
+        let status = if i.overridden_status != Status::Unknown {
+            format!("{} (override)", i.status)
+        } else {
+            i.status.to_string()
+        };
+        let _ = write!(
+            h,
+            "<tr class=\"instance\" data-app=\"{app}\" data-id=\"{id}\"><td>{app}</td><td>{id}</td>\
+             <td class=\"status {cls}\">{status}</td><td>{host}:{port}</td><td>{vip}</td>\
+             <td><span class=\"ago\" data-ts=\"{ts}\" data-now=\"{now}\">{abs}</span></td><td>{reg}</td></tr>",
+            app = esc(&app.name),
+            id = esc(&i.instance_id),
+            cls = i.status.as_str(),
+            status = esc(&status),
+            host = esc(&i.host_name),
+            port = i.port.port,
+            vip = esc(i.vip_address.as_deref().unwrap_or("")),
+            ts = inst.lease.last_renewal_timestamp,
+            abs = utc(inst.lease.last_renewal_timestamp),
+            reg = utc(inst.lease.registration_timestamp),
+        );
     }
     h.push_str(
         "</tbody></table><script>\

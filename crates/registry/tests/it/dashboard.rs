@@ -78,3 +78,26 @@ async fn the_dashboard_lists_apps_instances_status_renewals_and_self_preservatio
     assert_eq!(dom.matches("<tr class=\"instance\"").count(), 3);
     server.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_large_registry_lists_a_bounded_number_of_rows() {
+    let server = start(cfg()).await;
+    let now = registry::Clock::now(&registry::SystemClock);
+    for n in 0..1005 {
+        let info = registry::InstanceInfo::new("BULK", &format!("b{n:04}"), "h", 80);
+        server.registry().register(info, false, now).unwrap();
+    }
+    let page = http()
+        .get(format!("http://{}/", server.local_addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(page.matches("<tr class=\"instance\"").count(), 1000);
+    assert!(page.contains("The first 1000 of 1005 instances"), "{page}");
+    assert!(page.contains("<th>Instances</th><td>1005</td>"));
+    assert!(page.contains("data-id=\"b0999\"") && !page.contains("data-id=\"b1000\""));
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+}
