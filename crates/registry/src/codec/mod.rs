@@ -17,8 +17,10 @@ mod xml;
 
 pub use json::{application_json, applications_json, instance_json};
 pub(crate) use json::{instance as write_instance_json, string as write_json_string};
-pub use read::{applications_from_value, instance_from_value};
-pub use xml::{application_xml, applications_xml, instance_xml, xml_to_value};
+pub(crate) use read::instance_from_value;
+use read::applications_from_value;
+pub use xml::{application_xml, applications_xml, instance_xml};
+use xml::xml_to_value;
 
 use crate::error::{Error, Result};
 use crate::model::{Applications, InstanceInfo};
@@ -86,7 +88,7 @@ impl Format {
 }
 
 /// Parses a body in `format` into a generic tree.
-pub fn parse_value(body: &[u8], format: Format) -> Result<serde_json::Value> {
+pub(crate) fn parse_value(body: &[u8], format: Format) -> Result<serde_json::Value> {
     match format {
         Format::Json => serde_json::from_slice(body).map_err(|e| Error::Malformed {
             format: "json",

@@ -16,7 +16,7 @@ use crate::model::{
 ///
 /// Only the lease *terms* (`renewalIntervalInSecs`, `durationInSecs`) are kept in
 /// [`InstanceInfo::lease_info`]; lease timestamps are the server's business.
-pub fn instance_from_value(v: &Value) -> Result<InstanceInfo> {
+pub(crate) fn instance_from_value(v: &Value) -> Result<InstanceInfo> {
     instance_and_lease(v).map(|(info, _)| info)
 }
 
@@ -125,7 +125,7 @@ fn instance_and_lease(v: &Value) -> Result<(InstanceInfo, LeaseInfo)> {
 }
 
 /// Reads a registry document: `{"applications":{...}}` (or an `<applications>` tree).
-pub fn applications_from_value(v: &Value) -> Result<Applications> {
+pub(crate) fn applications_from_value(v: &Value) -> Result<Applications> {
     let root = v.get("applications").unwrap_or(v);
     if !root.is_object() {
         return Err(Error::invalid(

@@ -186,7 +186,7 @@ fn text(s: &str) -> Cow<'_, str> {
 /// `<port enabled="true">8080</port>` becomes `{"port":{"@enabled":"true","$":"8080"}}`,
 /// a leaf element becomes a string, repeated elements become an array. DOCTYPEs are
 /// refused (no entity tricks), and nesting deeper than 32 levels is an error.
-pub fn xml_to_value(body: &[u8]) -> Result<Value> {
+pub(crate) fn xml_to_value(body: &[u8]) -> Result<Value> {
     let text = std::str::from_utf8(body).map_err(|e| malformed(format!("not UTF-8: {e}")))?;
     let mut reader = Reader::from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
