@@ -29,8 +29,8 @@ use mq_reliable::lapin::options::{
 use mq_reliable::lapin::types::FieldTable;
 use mq_reliable::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use mq_reliable::{
-    Message, PublisherConfig, PublisherState, QueueSpec, Receipt, ReliablePublisher, SpillConfig,
-    Topology, TunerConfig, tune_prefetch,
+    Message, PublisherConfig, PublisherState, QueueSpec, Receipt, ReliabilityConfig,
+    ReliablePublisher, Topology, TunerConfig, tune_prefetch,
 };
 
 #[derive(Parser, Debug)]
@@ -192,10 +192,9 @@ async fn main() -> Result<()> {
     let q = format!("mqr-bench-c-{tag}");
     queues.push(q.clone());
     let dir_c = tempfile::tempdir()?;
-    let publisher = ReliablePublisher::start(PublisherConfig {
-        window: args.window,
-        ..PublisherConfig::new(&url, Topology::queue(QueueSpec::classic(&q)), dir_c.path())
-    })?;
+    let mut cfg = PublisherConfig::new(&url, Topology::queue(QueueSpec::classic(&q)), dir_c.path());
+    cfg.reliability.window = args.window;
+    let publisher = ReliablePublisher::start(cfg)?;
     wait_healthy(&publisher).await?;
     let window = args.window;
     let (secs, confirmed) = publish_stream(&publisher, sizes.streaming, &payload).await?;
@@ -261,10 +260,9 @@ async fn main() -> Result<()> {
     // the start of the replay (connected) to the log being empty and every
     // record confirmed; opening the log (recovery scan) is reported apart.
     let opened = Instant::now();
-    let replaying = ReliablePublisher::start(PublisherConfig {
-        window: args.window,
-        ..PublisherConfig::new(&url, Topology::queue(QueueSpec::classic(&q)), dir_d.path())
-    })?;
+    let mut cfg = PublisherConfig::new(&url, Topology::queue(QueueSpec::classic(&q)), dir_d.path());
+    cfg.reliability.window = args.window;
+    let replaying = ReliablePublisher::start(cfg)?;
     let open_secs = opened.elapsed().as_secs_f64();
     let mut st = replaying.state();
     st.wait_for(|s| *s != PublisherState::Degraded).await?;
@@ -431,9 +429,9 @@ async fn publish_stream(p: &ReliablePublisher, n: u64, payload: &[u8]) -> Result
 /// publisher's spill window.
 async fn spill_log_rate(n: u64, len: usize) -> Result<(f64, u64)> {
     let dir = tempfile::tempdir()?;
-    let cfg = SpillConfig::default();
+    let cfg = ReliabilityConfig::default().spill;
     let (log, _) = SpillLog::open(dir.path(), cfg.log)?;
-    let window = PublisherConfig::default().spill_window;
+    let window = ReliabilityConfig::default().spill_window;
     let record = vec![7u8; len];
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();

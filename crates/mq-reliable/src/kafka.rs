@@ -8,13 +8,10 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use crate::backoff::BackoffConfig;
-use crate::engine::{
-    ConnectFuture, Engine, EngineConfig, Link, LinkEvent, SendFuture, SendOutcome, Transport,
-};
+use crate::config::ReliabilityConfig;
+use crate::engine::{ConnectFuture, Engine, Link, LinkEvent, SendFuture, SendOutcome, Transport};
 use crate::error::{Result, invalid};
 use crate::message::Message;
-use crate::spill::SpillConfig;
 
 /// Configuration of a [`ReliableKafkaProducer`].
 ///
@@ -38,26 +35,12 @@ pub struct KafkaConfig {
     /// Limit of the metadata request that checks the cluster is back before
     /// a replay. Default 5 s.
     pub probe_timeout: Duration,
-    /// Most messages awaiting their delivery report. Default 1024.
-    pub window: usize,
-    /// Delay between recovery attempts.
-    pub backoff: BackoffConfig,
-    /// Persist the replay checkpoint after this many replayed deliveries.
-    /// Default 4096.
-    pub checkpoint_every: usize,
-    /// Most spill appends awaiting their fsync at once. Default 8192.
-    pub spill_window: usize,
-    /// Largest payload accepted. Default 512 KiB.
-    pub max_payload: usize,
-    /// While recovering, new messages taken per replayed message (see
-    /// [`PublisherConfig::recovery_intake`](crate::PublisherConfig)).
-    /// Default 0.5.
-    pub recovery_intake: f64,
-    /// The spill log.
-    pub spill: SpillConfig,
     /// Extra librdkafka properties (security, tuning). `acks`,
     /// `enable.idempotence` and `message.timeout.ms` cannot be overridden.
     pub extra: Vec<(String, String)>,
+    /// Window (messages awaiting their delivery report), spill log, replay
+    /// and backoff.
+    pub reliability: ReliabilityConfig,
 }
 
 impl Default for KafkaConfig {
@@ -67,14 +50,8 @@ impl Default for KafkaConfig {
             topic: "mq-reliable".into(),
             message_timeout: Duration::from_secs(10),
             probe_timeout: Duration::from_secs(5),
-            window: 1024,
-            backoff: BackoffConfig::default(),
-            checkpoint_every: 4096,
-            spill_window: 8192,
-            max_payload: 512 << 10,
-            recovery_intake: 0.5,
-            spill: SpillConfig::default(),
             extra: Vec::new(),
+            reliability: ReliabilityConfig::default(),
         }
     }
 }
@@ -92,7 +69,7 @@ impl KafkaConfig {
         KafkaConfig {
             bootstrap_servers: bootstrap_servers.into(),
             topic: topic.into(),
-            spill: SpillConfig::new(spill_dir),
+            reliability: ReliabilityConfig::new(spill_dir),
             ..KafkaConfig::default()
         }
     }
@@ -136,33 +113,13 @@ impl KafkaConfig {
                 "acks, enable.idempotence and message.timeout.ms are fixed",
             ));
         }
-        self.spill.validate()?;
-        let limit = self
-            .spill
-            .max_record_len()
-            .saturating_sub(4 + 2 * crate::MAX_ID_LEN);
-        if self.max_payload > limit {
-            return Err(invalid(
-                "max_payload",
-                self.max_payload,
-                "exceeds what one spill record holds",
-            ));
-        }
-        self.engine().validate()
+        self.reliability.validate()
     }
 
-    fn engine(&self) -> EngineConfig {
-        EngineConfig {
-            window: self.window,
-            // librdkafka reports every message within message.timeout.ms;
-            // the engine's own limit only catches a wedged client.
-            confirm_timeout: self.message_timeout + Duration::from_secs(5),
-            backoff: self.backoff.clone(),
-            checkpoint_every: self.checkpoint_every,
-            spill_window: self.spill_window,
-            max_payload: self.max_payload,
-            recovery_intake: self.recovery_intake,
-        }
+    /// librdkafka reports every message within message.timeout.ms; the
+    /// engine's own limit only catches a wedged client.
+    fn confirm_timeout(&self) -> Duration {
+        self.message_timeout + Duration::from_secs(5)
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -170,7 +127,8 @@ impl KafkaConfig {
         for (k, v) in &self.extra {
             c.set(k, v);
         }
-        let queue = (self.window.max(self.spill_window) * 2).max(100_000);
+        let r = &self.reliability;
+        let queue = (r.window.max(r.spill_window) * 2).max(100_000);
         c.set("bootstrap.servers", &self.bootstrap_servers)
             .set("acks", "all")
             .set("enable.idempotence", "true")
@@ -190,7 +148,7 @@ impl KafkaConfig {
 /// Messages are produced with `acks=all` on an idempotent producer (no
 /// duplicates from librdkafka's own retries, order kept per partition) and
 /// their delivery reports are awaited for up to
-/// [`KafkaConfig::window`] messages at once. A message whose delivery fails
+/// [`ReliabilityConfig::window`] messages at once. A message whose delivery fails
 /// (timeout after retries, `NotEnoughReplicas` beyond the timeout, a fatal
 /// producer error) is spilled to the local log, the producer is recreated,
 /// and the log is replayed once a metadata request shows the cluster is
@@ -209,13 +167,18 @@ impl ReliableKafkaProducer {
     /// [`ReliablePublisher::start`](crate::ReliablePublisher::start)).
     pub fn start(cfg: KafkaConfig) -> Result<ReliableKafkaProducer> {
         cfg.validate()?;
-        let engine_cfg = cfg.engine();
+        let engine_cfg = cfg.reliability.engine(cfg.confirm_timeout());
         let transport = KafkaTransport {
             client: cfg.client_config(),
             topic: cfg.topic,
             probe_timeout: cfg.probe_timeout,
         };
-        let engine = Engine::open(engine_cfg, &cfg.spill, transport, "kafka producer")?;
+        let engine = Engine::open(
+            engine_cfg,
+            &cfg.reliability.spill,
+            transport,
+            "kafka producer",
+        )?;
         Ok(ReliableKafkaProducer { engine })
     }
 

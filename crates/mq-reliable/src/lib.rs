@@ -73,13 +73,13 @@
 //! 1. a failure (lost connection or channel, confirm timeout, blocked
 //!    connection, failed Kafka delivery) while messages were in flight: each
 //!    may have reached the broker and is also spilled and replayed — at most
-//!    [`PublisherConfig::window`] messages per failure; a confirm that arrives
+//!    [`ReliabilityConfig::window`] messages per failure; a confirm that arrives
 //!    after the timeout is this case;
 //! 2. a replay interrupted by a failure: records confirmed behind one that
 //!    was not are replayed again — at most one window;
 //! 3. a process crash during a replay: records confirmed since the last
 //!    persisted checkpoint are replayed again — at most
-//!    [`PublisherConfig::checkpoint_every`] plus one window per crash.
+//!    [`ReliabilityConfig::checkpoint_every`] plus one window per crash.
 //!
 //! librdkafka's idempotent producer adds no copies of its own (its retries are
 //! deduplicated by the broker). On the consuming side, RabbitMQ redelivers
@@ -104,7 +104,7 @@
 //!
 //! **Recovery pace.** While the broker is down, intake is limited only by the
 //! disk. While recovering, each replayed message earns
-//! [`PublisherConfig::recovery_intake`] (default ½) new messages, so the
+//! [`ReliabilityConfig::recovery_intake`] (default ½) new messages, so the
 //! backlog shrinks even under full load and producers are held to the
 //! broker's pace, not blocked.
 //!
@@ -165,6 +165,7 @@
 
 mod backoff;
 mod checkpoint;
+mod config;
 mod dedupe;
 mod engine;
 mod error;
@@ -182,6 +183,7 @@ mod rabbit;
 mod engine_tests;
 
 pub use backoff::BackoffConfig;
+pub use config::ReliabilityConfig;
 pub use dedupe::Dedupe;
 pub use engine::PendingReceipt;
 pub use error::{Error, Result, SpillError};

@@ -13,14 +13,11 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Event};
 use tracing::debug;
 
-use crate::backoff::BackoffConfig;
-use crate::engine::{
-    ConnectFuture, Engine, EngineConfig, Link, LinkEvent, SendFuture, SendOutcome, Transport,
-};
-use crate::error::{Result, invalid};
+use crate::config::ReliabilityConfig;
+use crate::engine::{ConnectFuture, Engine, Link, LinkEvent, SendFuture, SendOutcome, Transport};
+use crate::error::Result;
 use crate::message::Message;
 use crate::rabbit::{check_connection, connect, declare, parse_url, short};
-use crate::spill::SpillConfig;
 use crate::topology::Topology;
 
 /// Configuration of a [`ReliablePublisher`].
@@ -30,10 +27,6 @@ pub struct PublisherConfig {
     pub url: String,
     /// Where messages go and what is declared at each (re)connect.
     pub topology: Topology,
-    /// Most messages published and not yet confirmed (the in-flight
-    /// window). Bounds memory, and the number of duplicates a failure can
-    /// cause. Default 1024.
-    pub window: usize,
     /// A message not confirmed within this time is spilled and the
     /// connection is dropped and re-established. Default 10 s.
     pub confirm_timeout: Duration,
@@ -42,29 +35,10 @@ pub struct PublisherConfig {
     /// AMQP heartbeat (unless the URL sets one): detects a dead peer while
     /// idle. Default 10 s.
     pub heartbeat: Duration,
-    /// Delay between reconnect and replay attempts.
-    pub backoff: BackoffConfig,
-    /// Persist the replay checkpoint after this many replayed confirms (and
-    /// at the end of a replay). After a crash mid-replay, at most this many
-    /// (plus the window) records are published again. Default 4096 (each checkpoint costs two fsyncs).
-    pub checkpoint_every: usize,
-    /// Most spill appends awaiting their fsync at once while degraded
-    /// (intake waits beyond). Default 8192.
-    pub spill_window: usize,
-    /// Largest payload accepted. Default 512 KiB (and never more than the
-    /// spill log's record limit allows).
-    pub max_payload: usize,
-    /// While recovering, new messages taken per replayed message (in
-    /// `[0, 1)`; default 0.5). New messages queue behind the backlog, so
-    /// their intake must stay below the replay rate for the backlog to
-    /// shrink: at 0.5 producers get a third of the broker's throughput and
-    /// the backlog drains at a third. Intake is not limited while the
-    /// broker is down.
-    pub recovery_intake: f64,
-    /// The spill log.
-    pub spill: SpillConfig,
     /// Shown in the broker's connection list.
     pub connection_name: String,
+    /// Window, spill log, replay and backoff.
+    pub reliability: ReliabilityConfig,
 }
 
 impl Default for PublisherConfig {
@@ -72,17 +46,11 @@ impl Default for PublisherConfig {
         PublisherConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             topology: Topology::default(),
-            window: 1024,
             confirm_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_secs(10),
-            backoff: BackoffConfig::default(),
-            checkpoint_every: 4096,
-            spill_window: 8192,
-            max_payload: 512 << 10,
-            recovery_intake: 0.5,
-            spill: SpillConfig::default(),
             connection_name: "mq-reliable publisher".into(),
+            reliability: ReliabilityConfig::default(),
         }
     }
 }
@@ -98,7 +66,7 @@ impl PublisherConfig {
         PublisherConfig {
             url: url.into(),
             topology,
-            spill: SpillConfig::new(spill_dir),
+            reliability: ReliabilityConfig::new(spill_dir),
             ..PublisherConfig::default()
         }
     }
@@ -107,34 +75,8 @@ impl PublisherConfig {
     pub fn validate(&self) -> Result<()> {
         check_connection(&self.url, self.heartbeat, self.connect_timeout)?;
         self.topology.validate()?;
-        self.spill.validate()?;
-        if self.max_payload > self.max_payload_limit() {
-            return Err(invalid(
-                "max_payload",
-                self.max_payload,
-                "exceeds what one spill record holds (spill.log.buffer_size minus headers)",
-            ));
-        }
-        self.engine().validate()
-    }
-
-    /// Payload bytes one spill record can carry next to the id and key.
-    fn max_payload_limit(&self) -> usize {
-        self.spill
-            .max_record_len()
-            .saturating_sub(4 + 2 * crate::MAX_ID_LEN)
-    }
-
-    fn engine(&self) -> EngineConfig {
-        EngineConfig {
-            window: self.window,
-            confirm_timeout: self.confirm_timeout,
-            backoff: self.backoff.clone(),
-            checkpoint_every: self.checkpoint_every,
-            spill_window: self.spill_window,
-            max_payload: self.max_payload,
-            recovery_intake: self.recovery_intake,
-        }
+        self.reliability.validate()?;
+        self.reliability.engine(self.confirm_timeout).validate()
     }
 }
 
@@ -143,7 +85,7 @@ impl PublisherConfig {
 /// Every message is published persistent (delivery mode 2), `mandatory`,
 /// with its id as `message_id`, on a channel in confirm mode, to a durable
 /// topology declared at every (re)connect. Confirms are tracked
-/// asynchronously for up to [`PublisherConfig::window`] messages at once.
+/// asynchronously for up to [`ReliabilityConfig::window`] messages at once.
 /// [`publish`](Self::publish) resolves only when the broker confirmed the
 /// message **or** it was durably appended to the local spill log; the
 /// [`Receipt`](crate::Receipt) says which. See the crate docs for the exact guarantees.
@@ -163,14 +105,14 @@ impl ReliablePublisher {
     /// directory.
     pub fn start(cfg: PublisherConfig) -> Result<ReliablePublisher> {
         cfg.validate()?;
-        let engine_cfg = cfg.engine();
+        let engine_cfg = cfg.reliability.engine(cfg.confirm_timeout);
         let transport = AmqpTransport {
             uri: parse_url(&cfg.url, cfg.heartbeat)?,
             topology: cfg.topology,
             connect_timeout: cfg.connect_timeout,
             name: cfg.connection_name,
         };
-        let engine = Engine::open(engine_cfg, &cfg.spill, transport, "publisher")?;
+        let engine = Engine::open(engine_cfg, &cfg.reliability.spill, transport, "publisher")?;
         Ok(ReliablePublisher { engine })
     }
 
@@ -347,7 +289,10 @@ mod tests {
     fn bad_configuration_is_named_and_no_runtime_is_an_error() {
         PublisherConfig::default().validate().unwrap();
         let e = PublisherConfig {
-            window: 0,
+            reliability: ReliabilityConfig {
+                window: 0,
+                ..ReliabilityConfig::default()
+            },
             ..PublisherConfig::default()
         }
         .validate()
@@ -361,19 +306,12 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("url"), "{e}");
         let e = PublisherConfig {
-            max_payload: 64 << 20,
+            confirm_timeout: Duration::ZERO,
             ..PublisherConfig::default()
         }
         .validate()
         .unwrap_err();
-        assert!(e.to_string().contains("max_payload"), "{e}");
-        let e = PublisherConfig {
-            recovery_intake: 1.0,
-            ..PublisherConfig::default()
-        }
-        .validate()
-        .unwrap_err();
-        assert!(e.to_string().contains("recovery_intake"), "{e}");
+        assert!(e.to_string().contains("confirm_timeout"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let e = ReliablePublisher::start(PublisherConfig::new(
             "amqp://127.0.0.1:5672/%2f",

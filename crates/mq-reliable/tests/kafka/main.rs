@@ -14,8 +14,8 @@ use mq_reliable::rdkafka::mocking::MockCluster;
 use mq_reliable::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use mq_reliable::rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use mq_reliable::{
-    BackoffConfig, KafkaConfig, Message, PublisherState, Receipt, ReliableKafkaProducer,
-    SpillReason,
+    BackoffConfig, KafkaConfig, Message, PublisherState, Receipt, ReliabilityConfig,
+    ReliableKafkaProducer, SpillReason,
 };
 
 const PARTITIONS: i32 = 3;
@@ -24,11 +24,14 @@ fn config(bootstrap: &str, topic: &str, dir: &std::path::Path) -> KafkaConfig {
     KafkaConfig {
         message_timeout: Duration::from_millis(1_500),
         probe_timeout: Duration::from_millis(500),
-        window: 256,
-        checkpoint_every: 128,
-        backoff: BackoffConfig {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(400),
+        reliability: ReliabilityConfig {
+            window: 256,
+            checkpoint_every: 128,
+            backoff: BackoffConfig {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(400),
+            },
+            ..ReliabilityConfig::new(dir)
         },
         ..KafkaConfig::new(bootstrap, topic, dir)
     }

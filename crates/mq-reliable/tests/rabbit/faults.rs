@@ -31,11 +31,9 @@ async fn a_hundred_thousand_messages_survive_cuts_refusals_and_a_blackhole() {
     let spec = QueueSpec::classic(&queue);
     let proxy = proxy();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = mq_reliable::PublisherConfig {
-        window: WINDOW,
-        checkpoint_every: 256,
-        ..publisher_cfg(&via(&url, proxy.addr()), spec.clone(), dir.path())
-    };
+    let mut cfg = publisher_cfg(&via(&url, proxy.addr()), spec.clone(), dir.path());
+    cfg.reliability.window = WINDOW;
+    cfg.reliability.checkpoint_every = 256;
     let publisher = ReliablePublisher::start(cfg).unwrap();
     healthy(&publisher).await;
 

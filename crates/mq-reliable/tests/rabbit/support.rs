@@ -11,7 +11,7 @@ use mq_reliable::lapin::types::FieldTable;
 use mq_reliable::lapin::{Connection, ConnectionProperties};
 use mq_reliable::{
     BackoffConfig, ConsumerConfig, Outcome, PublisherConfig, PublisherState, QueueSpec,
-    ReliableConsumer, ReliablePublisher, Topology,
+    ReliabilityConfig, ReliableConsumer, ReliablePublisher, Topology,
 };
 use testkit::{FaultProxy, Service};
 
@@ -45,15 +45,18 @@ pub fn via(url: &str, addr: SocketAddr) -> String {
 /// Publisher settings with short timeouts for tests.
 pub fn publisher_cfg(url: &str, queue: QueueSpec, dir: &std::path::Path) -> PublisherConfig {
     PublisherConfig {
-        window: 256,
         confirm_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(1),
         heartbeat: Duration::from_secs(2),
-        backoff: BackoffConfig {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(400),
+        reliability: ReliabilityConfig {
+            window: 256,
+            backoff: BackoffConfig {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(400),
+            },
+            checkpoint_every: 128,
+            ..ReliabilityConfig::new(dir)
         },
-        checkpoint_every: 128,
         ..PublisherConfig::new(url, Topology::queue(queue), dir)
     }
 }
