@@ -17,10 +17,10 @@ mod xml;
 
 pub use json::{application_json, applications_json, instance_json};
 pub(crate) use json::{instance as write_instance_json, string as write_json_string};
-pub(crate) use read::instance_from_value;
 use read::applications_from_value;
-pub use xml::{application_xml, applications_xml, instance_xml};
+pub(crate) use read::instance_from_value;
 use xml::xml_to_value;
+pub use xml::{application_xml, applications_xml, instance_xml};
 
 use crate::error::{Error, Result};
 use crate::model::{Applications, InstanceInfo};
