@@ -33,6 +33,28 @@ async fn fill(url: &str, spec: &QueueSpec, prefix: &str, n: usize) {
     publisher.close().await;
 }
 
+/// A consumer whose handler works `work` per message, then acks; counts
+/// the handlers started and finished.
+fn working(
+    cfg: mq_reliable::ConsumerConfig,
+    work: Duration,
+) -> (ReliableConsumer, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let started = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(AtomicU64::new(0));
+    let (st, fi) = (Arc::clone(&started), Arc::clone(&finished));
+    let consumer = ReliableConsumer::start(cfg, move |_| {
+        let (st, fi) = (Arc::clone(&st), Arc::clone(&fi));
+        async move {
+            st.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(work).await;
+            fi.fetch_add(1, Ordering::Relaxed);
+            Outcome::Ack
+        }
+    })
+    .unwrap();
+    (consumer, started, finished)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_deliveries_never_exceed_the_prefetch() {
     let url = url();
@@ -41,21 +63,11 @@ async fn unacked_deliveries_never_exceed_the_prefetch() {
     let spec = QueueSpec::classic(&queue);
     fill(&url, &spec, "p", 1_000).await;
     for (prefetch, concurrency) in [(1u16, 1usize), (20, 20), (50, 5)] {
-        let handled = Arc::new(AtomicU64::new(0));
-        let h = Arc::clone(&handled);
         let cfg = mq_reliable::ConsumerConfig {
             concurrency,
             ..consumer_cfg(&url, spec.clone(), prefetch)
         };
-        let consumer = ReliableConsumer::start(cfg, move |_| {
-            let h = Arc::clone(&h);
-            async move {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                h.fetch_add(1, Ordering::Relaxed);
-                Outcome::Ack
-            }
-        })
-        .unwrap();
+        let (consumer, _, handled) = working(cfg, Duration::from_millis(2));
         // Sample the live count too, not only the recorded peak.
         let mut sampled_max = 0;
         while handled.load(Ordering::Relaxed) < 300 {
@@ -86,21 +98,11 @@ async fn the_prefetch_holds_after_a_reconnect() {
     let spec = QueueSpec::classic(&queue);
     fill(&url, &spec, "r", 1_000).await;
     let proxy = proxy();
-    let handled = Arc::new(AtomicU64::new(0));
-    let h = Arc::clone(&handled);
     let cfg = mq_reliable::ConsumerConfig {
         concurrency: 20,
         ..consumer_cfg(&via(&url, proxy.addr()), spec, 20)
     };
-    let consumer = ReliableConsumer::start(cfg, move |_| {
-        let h = Arc::clone(&h);
-        async move {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            h.fetch_add(1, Ordering::Relaxed);
-            Outcome::Ack
-        }
-    })
-    .unwrap();
+    let (consumer, _, handled) = working(cfg, Duration::from_millis(2));
     eventually(Duration::from_secs(20), "150 handled", || {
         handled.load(Ordering::Relaxed) >= 150
     })
@@ -261,23 +263,11 @@ async fn graceful_shutdown_finishes_in_flight_work() {
     let queue = cleanup.queue(&unique("shutdown"));
     let spec = QueueSpec::classic(&queue);
     fill(&url, &spec, "s", 200).await;
-    let started = Arc::new(AtomicU64::new(0));
-    let finished = Arc::new(AtomicU64::new(0));
-    let (st, fi) = (Arc::clone(&started), Arc::clone(&finished));
     let cfg = mq_reliable::ConsumerConfig {
         concurrency: 4,
         ..consumer_cfg(&url, spec.clone(), 20)
     };
-    let consumer = ReliableConsumer::start(cfg, move |_| {
-        let (st, fi) = (Arc::clone(&st), Arc::clone(&fi));
-        async move {
-            st.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            fi.fetch_add(1, Ordering::Relaxed);
-            Outcome::Ack
-        }
-    })
-    .unwrap();
+    let (consumer, started, finished) = working(cfg, Duration::from_millis(100));
     eventually(Duration::from_secs(10), "some work done", || {
         finished.load(Ordering::Relaxed) >= 8
     })
