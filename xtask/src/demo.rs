@@ -225,29 +225,78 @@ fn field(json: &str, key: &str) -> Option<String> {
     None
 }
 
+/// Widest the promise and measured columns get before they wrap.
+const PROMISE_WIDTH: usize = 40;
+const MEASURED_WIDTH: usize = 64;
+
 fn print_summary(promises: &[Promise]) {
-    let width =
-        |f: fn(&Promise) -> usize, min: usize| promises.iter().map(f).max().unwrap_or(min).max(min);
-    let w_s = width(|p| p.scenario.chars().count(), 8);
-    let w_p = width(|p| p.promise.chars().count(), 7);
-    let w_m = width(|p| p.measured.chars().count(), 8);
+    let w_s = promises
+        .iter()
+        .map(|p| p.scenario.chars().count())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let w_p = PROMISE_WIDTH;
+    let w_m = MEASURED_WIDTH;
     println!(
         "\n{:<w_s$}  {:<w_p$}  {:<w_m$}  held",
         "scenario", "promise", "measured"
     );
     println!("{}", "-".repeat(w_s + w_p + w_m + 10));
     for p in promises {
+        let promise = wrap(&p.promise, w_p);
+        let measured = wrap(&p.measured, w_m);
         let held = if p.held { "yes" } else { "NO" };
-        println!(
-            "{:<w_s$}  {:<w_p$}  {:<w_m$}  {held}",
-            p.scenario, p.promise, p.measured
-        );
+        for i in 0..promise.len().max(measured.len()) {
+            let (scenario, held) = if i == 0 {
+                (p.scenario.as_str(), held)
+            } else {
+                ("", "")
+            };
+            let line = format!(
+                "{scenario:<w_s$}  {:<w_p$}  {:<w_m$}  {held}",
+                promise.get(i).map_or("", String::as_str),
+                measured.get(i).map_or("", String::as_str),
+            );
+            println!("{}", line.trim_end());
+        }
     }
+}
+
+/// Splits `text` into lines of at most `width` characters at spaces (a
+/// longer word gets a line of its own).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let last = lines.last_mut().expect("never empty");
+        if !last.is_empty() && last.chars().count() + 1 + word.chars().count() > width {
+            lines.push(word.to_owned());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{SCENARIOS, field, parse_promises};
+    use super::{SCENARIOS, field, parse_promises, wrap};
+
+    #[test]
+    fn wraps_at_spaces() {
+        assert_eq!(
+            wrap("orders lost: 0 of 100 000", 14),
+            vec!["orders lost: 0", "of 100 000"]
+        );
+        assert_eq!(wrap("", 5), vec![""]);
+        assert_eq!(
+            wrap("averyverylongword x", 5),
+            vec!["averyverylongword", "x"]
+        );
+    }
 
     #[test]
     fn parses_the_summary_line() {

@@ -283,8 +283,8 @@ async fn scenario(args: Args) -> Result<ExitCode> {
         "clients stop picking a dead instance once the registry evicts it",
         match (storefront_dropped, node1_evicted) {
             (Some(d), Some(e)) => format!(
-                "storefront's copy dropped {VICTIM} {:.0} ms after its node's view did; \
-                 {} of {} calls since went to it",
+                "storefront dropped {VICTIM} {:.0} ms after its node did; {} of {} calls \
+                 since went to it",
                 (d.as_secs_f64() - e).max(0.0) * 1000.0,
                 report.to_victim_after_drop,
                 report.after_drop
@@ -296,7 +296,7 @@ async fn scenario(args: Args) -> Result<ExitCode> {
     promises.check(
         "every storefront call is answered by a live instance",
         format!(
-            "{} of {} answered ({} retried on the next instance while {VICTIM}'s lease ran)",
+            "{} of {} answered ({} retried on another instance during the lease)",
             thousands(report.answered),
             thousands(report.calls),
             report.retried

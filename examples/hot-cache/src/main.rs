@@ -135,10 +135,19 @@ async fn scenario(args: Args) -> Result<ExitCode> {
     // The last product: nobody reads it under Zipf, until the sale.
     let flash = catalogue.keys[args.products - 1].clone();
     let poster = format!("{prefix}poster");
+    // Keys as a reader would name them, without this run's prefix.
+    let short = |key: &str| key.trim_start_matches(&format!("demo:{run}:")).to_owned();
+    let flash_name = short(&flash);
 
     // Redis: the pages, and Redis' own view of what it is asked.
     let redis = ratelimit::redis::Client::open(redis_url.as_str())?;
-    let mut plain = redis.get_multiplexed_async_connection().await?;
+    // Generous timeouts: this connection also moves an 8 MiB value.
+    let mut plain = redis
+        .get_multiplexed_async_connection_with_config(
+            &ratelimit::redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
     seed_pages(&mut plain, &catalogue).await?;
     let monitor = RedisMonitor::start(&redis, &format!("demo:{run}:")).await?;
 
@@ -186,226 +195,240 @@ async fn scenario(args: Args) -> Result<ExitCode> {
         zk.app_path()
     );
 
-    // Kafka's consumer group takes a moment to be assigned.
-    let phase = Phase::start("joining the Kafka consumer group", Duration::from_secs(4));
-    let warm = format!("demo:{run}:warm-up");
-    let joined = Instant::now();
-    while source_stats.get().reports == 0 {
-        shop[0].reporter.record(warm.as_bytes());
-        if joined.elapsed() > Duration::from_secs(60) {
-            bail!("the embedded Kafka never delivered a report to the detector");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    phase.finish();
-
-    // Normal traffic.
-    let tally = Arc::new(Tally::default());
-    let load = Load::start(&shop, &catalogue, &flash, args.normal_rate, &tally);
-    let normal_start = unix_ms();
-    let stats_before = commandstats(&mut plain).await?;
-    let phase = Phase::start(
-        "normal traffic (Zipf)",
-        Duration::from_secs(args.normal_secs),
-    );
-    let mut hot_in_normal = BTreeSet::new();
-    while phase.elapsed() < Duration::from_secs(args.normal_secs) {
-        for h in detector.hot_keys() {
-            hot_in_normal.insert(String::from_utf8_lossy(&h.key).into_owned());
-        }
-        phase.set_message(format!("{} reads", thousands(tally.reads())));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    phase.finish();
-    let normal_end = unix_ms();
-    let stats_normal = commandstats(&mut plain).await?;
-    let normal_redis_rate = (stats_normal.getrange - stats_before.getrange) as f64
-        / ((normal_end - normal_start) / 1e3);
-
-    // The flash sale.
-    info!("flash sale: {flash} gets {} extra reads/s", args.flash_rate);
-    let flash_tally_start = tally.flash.load(Ordering::Relaxed);
-    load.set_flash_rate(args.flash_rate);
-    let sale_start = unix_ms();
-    let sale_started = Instant::now();
-    let sale = Duration::from_secs(args.flash_secs);
-    let phase = Phase::start("flash sale", sale);
-    let mut detected: Option<f64> = None;
-    // When the key's reads passed the threshold (the earliest it can be hot).
-    let mut crossed: Option<f64> = None;
-    let mut learned: Vec<Option<Duration>> = vec![None; shop.len()];
-    let mut all_learned_at: Option<f64> = None;
-    let mut steady: Option<(f64, Commandstats)> = None;
-    let mut hot_in_sale = BTreeSet::new();
-    while sale_started.elapsed() < sale {
-        if crossed.is_none()
-            && tally.flash.load(Ordering::Relaxed) - flash_tally_start > args.threshold
-        {
-            crossed = Some(unix_ms());
-        }
-        for h in detector.hot_keys() {
-            let key = String::from_utf8_lossy(&h.key).into_owned();
-            if key == flash && detected.is_none() {
-                detected = Some(h.detected_at_ms as f64 - sale_start);
-                info!(
-                    "detector: {flash} is hot ({} reads in its window), {:.0} ms into the sale",
-                    h.rate,
-                    h.detected_at_ms as f64 - sale_start
-                );
+    // The story; whatever happens in it, the clean-up below runs, in an
+    // order that stops every Kafka client before the cluster goes away.
+    let outcome = async {
+        // Kafka's consumer group takes a moment to be assigned.
+        let phase = Phase::start("joining the Kafka consumer group", Duration::from_secs(4));
+        let warm = format!("demo:{run}:warm-up");
+        let joined = Instant::now();
+        while source_stats.get().reports == 0 {
+            shop[0].reporter.record(warm.as_bytes());
+            if joined.elapsed() > Duration::from_secs(60) {
+                bail!("the embedded Kafka never delivered a report to the detector");
             }
-            hot_in_sale.insert(key);
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        for (i, s) in shop.iter().enumerate() {
-            if learned[i].is_none() && s.hot.is_hot(flash.as_bytes()) {
-                learned[i] = Some(sale_started.elapsed());
-                info!(
-                    "{} learned from ZooKeeper that {flash} is hot, {:.0} ms into the sale",
-                    s.name,
-                    sale_started.elapsed().as_secs_f64() * 1e3
-                );
-            }
-        }
-        if all_learned_at.is_none() && learned.iter().all(Option::is_some) {
-            all_learned_at = Some(unix_ms());
-        }
-        // One second after every instance knows, the steady state starts.
-        if let (Some(t), None) = (all_learned_at, &steady)
-            && unix_ms() > t + 1000.0
-        {
-            steady = Some((unix_ms(), commandstats(&mut plain).await?));
-        }
-        metrics::gauge!("hot_cache_detector_hot_keys").set(detector.stats().hot as f64);
-        phase.set_message(format!(
-            "{} reads, {} of {} instances serve {flash} locally",
-            thousands(tally.reads()),
-            learned.iter().flatten().count(),
-            shop.len()
-        ));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    phase.finish();
-    let sale_end = unix_ms();
-    let stats_sale = commandstats(&mut plain).await?;
-    let flash_reads = tally.flash.load(Ordering::Relaxed) - flash_tally_start;
-    load.stop().await;
-    metrics::gauge!("hot_cache_kafka_reports").set(source_stats.get().reports as f64);
+        phase.finish();
 
-    // The poster.
-    let big = big_value(&shop[0].cache, &mut plain, &monitor, &poster).await?;
-
-    // Let MONITOR's stream catch up before counting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let head = &catalogue.keys[0];
-    let head_rate = monitor.count(head, "getrange", normal_start, normal_end) as f64
-        / ((normal_end - normal_start) / 1e3);
-    promises.check(
-        "ordinary traffic raises no false alarm",
-        format!(
-            "{} hot keys under Zipf traffic (most read page: {head_rate:.0} reads/s, threshold {}/s); \
-             during the sale: {}",
-            hot_in_normal.len(),
-            args.threshold,
-            if hot_in_sale.is_empty() {
-                "none".to_owned()
-            } else {
-                hot_in_sale.iter().cloned().collect::<Vec<_>>().join(", ")
+        // Normal traffic.
+        let tally = Arc::new(Tally::default());
+        let load = Load::start(&shop, &catalogue, &flash, args.normal_rate, &tally);
+        let normal_start = unix_ms();
+        let stats_before = commandstats(&mut plain).await?;
+        let phase = Phase::start(
+            "normal traffic (Zipf)",
+            Duration::from_secs(args.normal_secs),
+        );
+        let mut hot_in_normal = BTreeSet::new();
+        while phase.elapsed() < Duration::from_secs(args.normal_secs) {
+            for h in detector.hot_keys() {
+                hot_in_normal.insert(String::from_utf8_lossy(&h.key).into_owned());
             }
-        ),
-        hot_in_normal.is_empty() && hot_in_sale.len() == 1 && hot_in_sale.contains(&flash),
-    );
-    promises.check(
-        "a sudden hot key is detected at once",
-        match (detected, crossed) {
-            (Some(ms), Some(c)) => format!(
-                "{flash} hot {:.0} ms after its read number {} ({ms:.0} ms into the sale at {} \
-                 reads/s; counts reported every 100 ms through Kafka)",
-                (ms + sale_start - c).max(0.0),
-                args.threshold + 1,
-                args.flash_rate
-            ),
-            _ => "never detected".to_owned(),
-        },
-        detected
-            .zip(crossed)
-            .is_some_and(|(ms, c)| ms + sale_start - c < 2000.0),
-    );
-    let slowest = learned.iter().flatten().max().copied();
-    promises.check(
-        "every instance learns it from ZooKeeper",
-        match slowest {
-            Some(d) if learned.iter().all(Option::is_some) => format!(
-                "{} of {} instances serve it locally {:.0} ms into the sale",
-                shop.len(),
-                shop.len(),
-                d.as_secs_f64() * 1e3
-            ),
-            _ => format!(
-                "{} of {} instances learned it",
+            phase.set_message(format!("{} reads", thousands(tally.reads())));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        phase.finish();
+        let normal_end = unix_ms();
+        let stats_normal = commandstats(&mut plain).await?;
+        let normal_redis_rate = (stats_normal.getrange - stats_before.getrange) as f64
+            / ((normal_end - normal_start) / 1e3);
+
+        // The flash sale.
+        info!("flash sale: {flash} gets {} extra reads/s", args.flash_rate);
+        let flash_tally_start = tally.flash.load(Ordering::Relaxed);
+        load.set_flash_rate(args.flash_rate);
+        let sale_start = unix_ms();
+        let sale_started = Instant::now();
+        let sale = Duration::from_secs(args.flash_secs);
+        let phase = Phase::start("flash sale", sale);
+        let mut detected: Option<f64> = None;
+        // When the key's reads passed the threshold (the earliest it can be hot).
+        let mut crossed: Option<f64> = None;
+        let mut learned: Vec<Option<Duration>> = vec![None; shop.len()];
+        let mut all_learned_at: Option<f64> = None;
+        let mut steady: Option<(f64, Commandstats)> = None;
+        let mut hot_in_sale = BTreeSet::new();
+        while sale_started.elapsed() < sale {
+            if crossed.is_none()
+                && tally.flash.load(Ordering::Relaxed) - flash_tally_start > args.threshold
+            {
+                crossed = Some(unix_ms());
+            }
+            for h in detector.hot_keys() {
+                let key = String::from_utf8_lossy(&h.key).into_owned();
+                if key == flash && detected.is_none() {
+                    detected = Some(h.detected_at_ms as f64 - sale_start);
+                    info!(
+                        "detector: {flash} is hot ({} reads in its window), {:.0} ms into the sale",
+                        h.rate,
+                        h.detected_at_ms as f64 - sale_start
+                    );
+                }
+                hot_in_sale.insert(key);
+            }
+            for (i, s) in shop.iter().enumerate() {
+                if learned[i].is_none() && s.hot.is_hot(flash.as_bytes()) {
+                    learned[i] = Some(sale_started.elapsed());
+                    info!(
+                        "{} learned from ZooKeeper that {flash} is hot, {:.0} ms into the sale",
+                        s.name,
+                        sale_started.elapsed().as_secs_f64() * 1e3
+                    );
+                }
+            }
+            if all_learned_at.is_none() && learned.iter().all(Option::is_some) {
+                all_learned_at = Some(unix_ms());
+            }
+            // One second after every instance knows, the steady state starts.
+            if let (Some(t), None) = (all_learned_at, &steady)
+                && unix_ms() > t + 1000.0
+            {
+                steady = Some((unix_ms(), commandstats(&mut plain).await?));
+            }
+            metrics::gauge!("hot_cache_detector_hot_keys").set(detector.stats().hot as f64);
+            phase.set_message(format!(
+                "{} reads, {} of {} instances serve {flash} locally",
+                thousands(tally.reads()),
                 learned.iter().flatten().count(),
                 shop.len()
-            ),
-        },
-        learned
-            .iter()
-            .all(|l| l.is_some_and(|d| d < Duration::from_secs(5))),
-    );
-    let key_load = match (all_learned_at, &steady) {
-        (Some(learned_at), Some((steady_from, steady_stats))) => {
-            let before_s = (learned_at - sale_start) / 1e3;
-            let after_s = (sale_end - steady_from) / 1e3;
-            let before =
-                monitor.count(&flash, "getrange", sale_start, learned_at) as f64 / before_s;
-            let after = monitor.count(&flash, "getrange", *steady_from, sale_end) as f64 / after_s;
-            let total_after = (stats_sale.getrange - steady_stats.getrange) as f64 / after_s;
-            Some((before, after, total_after))
+            ));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        _ => None,
-    };
-    promises.check(
-        "Redis load for the hot key drops",
-        match key_load {
-            Some((before, after, total_after)) => format!(
-                "reads of {flash} reaching Redis (MONITOR): {before:.0}/s before the instances knew, \
-                 {after:.1}/s after ({} page reads of it in the sale, {} reached Redis); all reads \
-                 (INFO commandstats, GETRANGE): {normal_redis_rate:.0}/s normal, {total_after:.0}/s \
-                 during the sale",
-                thousands(flash_reads),
-                thousands(monitor.count(&flash, "getrange", sale_start, sale_end) as u64),
-            ),
-            None => "the hot key was never served locally".to_owned(),
-        },
-        key_load.is_some_and(|(before, after, _)| before > 0.0 && after <= before * 0.05),
-    );
-    let (reads, blanks) = (tally.reads(), tally.blanks.load(Ordering::Relaxed));
-    promises.check(
-        "pages are served throughout",
-        format!(
-            "{} of {} page reads answered with the page ({} blank, {} errors)",
-            thousands(tally.hits.load(Ordering::Relaxed)),
-            thousands(reads),
-            thousands(blanks),
-            tally.errors.load(Ordering::Relaxed)
-        ),
-        reads > 0
-            && tally.errors.load(Ordering::Relaxed) == 0
-            && tally.hits.load(Ordering::Relaxed) + blanks == reads
-            && blanks * 100 <= reads,
-    );
-    promises.check(
-        "a huge value is refused without being read",
-        big.describe(),
-        big.held(),
-    );
+        phase.finish();
+        let sale_end = unix_ms();
+        let stats_sale = commandstats(&mut plain).await?;
+        let flash_reads = tally.flash.load(Ordering::Relaxed) - flash_tally_start;
+        load.stop().await;
+        metrics::gauge!("hot_cache_kafka_reports").set(source_stats.get().reports as f64);
 
-    metrics
-        .print_key_metrics(&[
-            "ratelimit_reads_total",
-            "ratelimit_blank_total",
-            "ratelimit_big_values_total",
-            "ratelimit_breaker_state",
-            "hot_cache_",
-        ])
-        .await?;
+        // The poster.
+        let big = big_value(&shop[0].cache, &mut plain, &monitor, &poster).await?;
+
+        // Let MONITOR's stream catch up before counting.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let head = &catalogue.keys[0];
+        let head_rate = monitor.count(head, "getrange", normal_start, normal_end) as f64
+            / ((normal_end - normal_start) / 1e3);
+        promises.check(
+            "ordinary traffic raises no false alarm",
+            format!(
+                "{} hot keys under Zipf traffic (top page {head_rate:.0} reads/s, threshold \
+                 {}/s); in the sale: {}",
+                hot_in_normal.len(),
+                args.threshold,
+                if hot_in_sale.is_empty() {
+                    "none".to_owned()
+                } else {
+                    hot_in_sale
+                        .iter()
+                        .map(|k| short(k))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+            hot_in_normal.is_empty() && hot_in_sale.len() == 1 && hot_in_sale.contains(&flash),
+        );
+        promises.check(
+            "a sudden hot key is detected at once",
+            match (detected, crossed) {
+                (Some(ms), Some(c)) => format!(
+                    "{flash_name} hot {:.0} ms after its read number {} ({ms:.0} ms into the \
+                     sale at {} reads/s; counts reported every 100 ms via Kafka)",
+                    (ms + sale_start - c).max(0.0),
+                    args.threshold + 1,
+                    args.flash_rate
+                ),
+                _ => "never detected".to_owned(),
+            },
+            detected
+                .zip(crossed)
+                .is_some_and(|(ms, c)| ms + sale_start - c < 2000.0),
+        );
+        let slowest = learned.iter().flatten().max().copied();
+        promises.check(
+            "every instance learns it from ZooKeeper",
+            match slowest {
+                Some(d) if learned.iter().all(Option::is_some) => format!(
+                    "{} of {} instances serve it locally {:.0} ms into the sale",
+                    shop.len(),
+                    shop.len(),
+                    d.as_secs_f64() * 1e3
+                ),
+                _ => format!(
+                    "{} of {} instances learned it",
+                    learned.iter().flatten().count(),
+                    shop.len()
+                ),
+            },
+            learned
+                .iter()
+                .all(|l| l.is_some_and(|d| d < Duration::from_secs(5))),
+        );
+        let key_load = match (all_learned_at, &steady) {
+            (Some(learned_at), Some((steady_from, steady_stats))) => {
+                let before_s = (learned_at - sale_start) / 1e3;
+                let after_s = (sale_end - steady_from) / 1e3;
+                let before =
+                    monitor.count(&flash, "getrange", sale_start, learned_at) as f64 / before_s;
+                let after =
+                    monitor.count(&flash, "getrange", *steady_from, sale_end) as f64 / after_s;
+                let total_after = (stats_sale.getrange - steady_stats.getrange) as f64 / after_s;
+                Some((before, after, total_after))
+            }
+            _ => None,
+        };
+        info!(
+            "{flash_name}: {} page reads in the sale, {} of them reached Redis",
+            thousands(flash_reads),
+            thousands(monitor.count(&flash, "getrange", sale_start, sale_end) as u64)
+        );
+        promises.check(
+            "Redis load for the hot key drops",
+            match key_load {
+                Some((before, after, total_after)) => format!(
+                    "{flash_name} reads reaching Redis (MONITOR): {before:.0}/s, then {after:.1}/s \
+                     once local; all GETRANGE (INFO commandstats): {normal_redis_rate:.0}/s \
+                     normal, {total_after:.0}/s in the sale",
+                ),
+                None => "the hot key was never served locally".to_owned(),
+            },
+            key_load.is_some_and(|(before, after, _)| before > 0.0 && after <= before * 0.05),
+        );
+        let (reads, blanks) = (tally.reads(), tally.blanks.load(Ordering::Relaxed));
+        promises.check(
+            "pages are served throughout",
+            format!(
+                "{} of {} page reads answered ({} blank, {} errors)",
+                thousands(tally.hits.load(Ordering::Relaxed)),
+                thousands(reads),
+                thousands(blanks),
+                tally.errors.load(Ordering::Relaxed)
+            ),
+            reads > 0
+                && tally.errors.load(Ordering::Relaxed) == 0
+                && tally.hits.load(Ordering::Relaxed) + blanks == reads
+                && blanks * 100 <= reads,
+        );
+        promises.check(
+            "a huge value is refused without being read",
+            big.describe(),
+            big.held(),
+        );
+
+        metrics
+            .print_key_metrics(&[
+                "ratelimit_reads_total",
+                "ratelimit_blank_total",
+                "ratelimit_big_values_total",
+                "ratelimit_breaker_state",
+                "hot_cache_",
+            ])
+            .await?;
+
+        anyhow::Ok(promises)
+    }
+    .await;
 
     // Clean up what this run left in the shared servers.
     monitor.stop();
@@ -415,9 +438,11 @@ async fn scenario(args: Args) -> Result<ExitCode> {
     publisher.shutdown().await;
     source.shutdown().await;
     drop(kafka);
-    delete_pages(&mut plain, &catalogue, &poster).await?;
+    if let Err(e) = delete_pages(&mut plain, &catalogue, &poster).await {
+        tracing::warn!("could not delete this run's keys (they expire in 10 min): {e:#}");
+    }
     remove_znodes(&zk, &credentials).await;
-    Ok(promises.finish())
+    Ok(outcome?.finish())
 }
 
 /// One product-page server: its cache client, its read reporter, and its
@@ -590,10 +615,20 @@ impl Load {
         self.flash_rate.store(rate, Ordering::Relaxed);
     }
 
-    async fn stop(self) {
+    async fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Load {
+    /// A story that fails midway must not leave readers running.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
         }
     }
 }
@@ -636,12 +671,11 @@ impl BigValue {
 
     fn describe(&self) -> String {
         format!(
-            "8 MiB value: ProtectedCache answered {} in {:.1} ms; Redis ran [{}] for it, no GET \
-             (at most 16 KiB on the wire), while a plain GET moved {} bytes in {:.1} ms; \
-             writing it through ProtectedCache: {}",
+            "8 MiB value: {} in {:.1} ms; Redis ran {} for it, no GET (<= 16 KiB sent; a plain \
+             GET: {} bytes in {:.1} ms); write {}",
             self.lookup,
             self.guarded_ms,
-            self.commands.join(", "),
+            self.commands.join("+"),
             thousands(self.plain_bytes as u64),
             self.plain_ms,
             if self.write_refused {
@@ -682,9 +716,7 @@ async fn big_value(
         write_refused,
         too_large: matches!(lookup, Lookup::TooLarge { .. }),
         lookup: match lookup {
-            Lookup::TooLarge { size, limit } => {
-                format!("TooLarge {{ size: {size}, limit: {limit} }}")
-            }
+            Lookup::TooLarge { size, limit } => format!("TooLarge ({size} > {limit})"),
             other => format!("{other:?}"),
         },
         guarded_ms,
