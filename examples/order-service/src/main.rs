@@ -195,8 +195,10 @@ async fn scenario(args: Args) -> Result<ExitCode> {
     while restored.is_none() {
         let taken = receipts.submitted.load(Ordering::Relaxed);
         if cut.is_none() && taken >= cut_after {
-            proxy.refuse();
+            // Timed from before the call: the publisher may notice while
+            // `refuse` is still waiting for the listener to close.
             cut = Some(Instant::now());
+            proxy.refuse();
             info!(
                 "network to the broker cut at order {}: connection dropped, reconnects refused",
                 thousands(taken)
@@ -205,8 +207,8 @@ async fn scenario(args: Args) -> Result<ExitCode> {
         if let Some(at) = cut
             && at.elapsed() >= outage
         {
-            proxy.restore();
             restored = Some(Instant::now());
+            proxy.restore();
             info!(
                 "network to the broker back after {:.1} s",
                 at.elapsed().as_secs_f64()
