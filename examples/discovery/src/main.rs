@@ -210,6 +210,9 @@ async fn scenario(args: Args) -> Result<ExitCode> {
         for (i, view) in views.iter().enumerate() {
             if evicted[i].is_none() && !listed(view, VICTIM) {
                 evicted[i] = Some(killed.elapsed());
+                // The registry has no metrics of its own: count what we saw.
+                metrics::counter!("discovery_evictions_seen_total", "node" => (i + 1).to_string())
+                    .increment(1);
                 info!(
                     "node {} evicted {VICTIM} {:.2} s after the kill",
                     i + 1,
