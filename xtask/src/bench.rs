@@ -4,7 +4,9 @@
 //! one-line JSON summary. The full run builds in release mode and writes
 //! `BENCHMARKS.md` (the tables, the JSON lines and the machine they ran
 //! on). `--smoke` runs the same code paths for a few seconds each in the
-//! debug build, so that `cargo xtask test` keeps the benchmarks from rotting.
+//! debug build, so that CI keeps the benchmarks from rotting. The full run
+//! also draws the curves under `docs/benchmarks/` (durable rate against
+//! writers, consumer throughput against prefetch).
 
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
@@ -65,6 +67,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         cmd.arg("--");
         if smoke {
             cmd.arg("--smoke");
+        } else if example == "spill_bench" {
+            cmd.arg("--csv").arg(spill_csv());
         }
         let output = cmd
             .stderr(Stdio::inherit())
@@ -90,8 +94,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         });
     }
     if !smoke {
+        let charts = draw_charts(&mut outcomes, &mut failed)?;
         let path = crate::workspace_root().join("BENCHMARKS.md");
-        std::fs::write(&path, report(&outcomes))?;
+        std::fs::write(&path, report(&outcomes, &charts))?;
         println!("\nwrote {}", path.display());
     }
     if !failed.is_empty() {
@@ -103,7 +108,102 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn report(outcomes: &[Outcome]) -> String {
+/// Where spill_bench leaves its rows for the durable-rate chart.
+fn spill_csv() -> std::path::PathBuf {
+    crate::target_dir().join("bench").join("spill.csv")
+}
+
+/// Draws the curves that say more than a table, into `docs/benchmarks/`:
+/// durable records/s against writers (from spill_bench's rows) and
+/// consumer throughput against prefetch (mq-reliable's prefetch tuner, run
+/// here against the real broker). Returns the charts' relative paths.
+fn draw_charts(
+    outcomes: &mut Vec<Outcome>,
+    failed: &mut Vec<String>,
+) -> Result<Vec<(String, String)>> {
+    let dir = crate::workspace_root().join("docs").join("benchmarks");
+    std::fs::create_dir_all(&dir)?;
+    let mut charts = Vec::new();
+
+    if let Ok(csv) = std::fs::read_to_string(spill_csv()) {
+        let mut series: Vec<crate::chart::Series> = Vec::new();
+        for line in csv.lines().skip(1) {
+            let cols: Vec<&str> = line.split(',').collect();
+            let (Some(variant), Some(writers), Some("256"), Some(rps)) =
+                (cols.first(), cols.get(1), cols.get(2).copied(), cols.get(3))
+            else {
+                continue;
+            };
+            let (Ok(x), Ok(y)) = (writers.parse::<f64>(), rps.parse::<f64>()) else {
+                continue;
+            };
+            if variant.contains("half peak") || variant.contains("fire-and-forget") {
+                continue;
+            }
+            match series.iter_mut().find(|s| s.name == *variant) {
+                Some(s) => s.points.push((x, y)),
+                None => series.push(crate::chart::Series {
+                    name: (*variant).to_owned(),
+                    points: vec![(x, y)],
+                }),
+            }
+        }
+        let svg = crate::chart::log_line_chart(
+            "Durable records/s by writers (256 B records, each waited on until fsynced)",
+            "writers",
+            "records/s (log scale)",
+            &series,
+        );
+        std::fs::write(dir.join("durable-vs-writers.svg"), svg)?;
+        charts.push((
+            "Durable rate against writers (double-buffer)".to_owned(),
+            "docs/benchmarks/durable-vs-writers.svg".to_owned(),
+        ));
+    }
+
+    println!("\n=== mq-reliable / prefetch-tuner ===");
+    let started = Instant::now();
+    let svg = dir.join("prefetch.svg");
+    let output = Command::new(crate::cargo_bin())
+        .current_dir(crate::workspace_root())
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "mq-reliable",
+            "--example",
+            "prefetch-tuner",
+            "--",
+        ])
+        .arg("--amqp")
+        .arg(testkit::Service::RabbitMq.url())
+        .arg("--svg")
+        .arg(&svg)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running mq-reliable's prefetch-tuner")?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    print!("{stdout}");
+    if output.status.success() {
+        charts.push((
+            "Consumer throughput against prefetch (mq-reliable)".to_owned(),
+            "docs/benchmarks/prefetch.svg".to_owned(),
+        ));
+    } else {
+        failed.push("mq-reliable/prefetch-tuner".to_owned());
+    }
+    outcomes.push(Outcome {
+        package: "mq-reliable",
+        example: "prefetch-tuner",
+        output: stdout,
+        summary: None,
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    Ok(charts)
+}
+
+fn report(outcomes: &[Outcome], charts: &[(String, String)]) -> String {
     let mut md = String::from("# Benchmarks\n\n");
     md.push_str(
         "Written by `cargo xtask bench` (release build, every benchmark in one run). \
@@ -121,6 +221,9 @@ fn report(outcomes: &[Outcome]) -> String {
             o.seconds,
             o.summary.as_deref().unwrap_or("(none)")
         );
+    }
+    for (title, path) in charts {
+        let _ = writeln!(md, "\n### {title}\n\n![{title}]({path})");
     }
     for o in outcomes {
         let _ = writeln!(

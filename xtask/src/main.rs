@@ -11,6 +11,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 mod bench;
+mod chart;
 mod demo;
 mod prereqs;
 mod services;

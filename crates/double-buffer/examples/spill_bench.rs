@@ -22,11 +22,13 @@ use anyhow::{Context, Result, bail};
 use double_buffer::{Config, SpillLog, Ticket};
 
 const USAGE: &str = "\
-usage: spill_bench [--smoke] [--dir DIR] [--seconds S]
+usage: spill_bench [--smoke] [--dir DIR] [--seconds S] [--csv FILE]
 
   --smoke      run every scenario briefly (a few seconds in all); for CI
   --dir DIR    where to write (default: the system temp dir); the same disk for every run
   --seconds S  length of each timed run (default 2, smoke 0.1)
+  --csv FILE   also write the table's rows as CSV (variant,writers,bytes,records_s,mb_s,
+               p50_us,p99_us), e.g. for `cargo xtask bench` to draw rate against writers
 
 Runs (a) lock + write + fdatasync per record, (b) a single-slice double buffer, (c) the
 sharded double buffer (and, at 8 writers, the same with O_DIRECT), at 1/2/4/8 writers, 256 B
@@ -39,6 +41,7 @@ struct Opts {
     smoke: bool,
     dir: PathBuf,
     run: Duration,
+    csv: Option<PathBuf>,
 }
 
 fn parse() -> Result<Opts> {
@@ -46,6 +49,7 @@ fn parse() -> Result<Opts> {
         smoke: false,
         dir: std::env::temp_dir(),
         run: Duration::from_secs(2),
+        csv: None,
     };
     let mut seconds = None;
     let mut args = std::env::args().skip(1);
@@ -57,6 +61,7 @@ fn parse() -> Result<Opts> {
             }
             "--smoke" => opts.smoke = true,
             "--dir" => opts.dir = PathBuf::from(args.next().context("--dir needs a directory")?),
+            "--csv" => opts.csv = Some(PathBuf::from(args.next().context("--csv needs a file")?)),
             "--seconds" => {
                 let v = args.next().context("--seconds needs a number")?;
                 seconds = Some(
@@ -403,16 +408,22 @@ fn direct_bandwidth(base: &Path, total: usize) -> Result<Option<f64>> {
     Ok(Some(written as f64 / started.elapsed().as_secs_f64() / 1e6))
 }
 
-fn row(table: &mut Vec<String>, variant: &str, writers: usize, size: usize, o: &Outcome) {
-    let line = format!(
+/// Prints one row of the table and keeps it as a CSV line for `--csv`.
+fn row(csv: &mut Vec<String>, variant: &str, writers: usize, size: usize, o: &Outcome) {
+    println!(
         "{variant:<22} {writers:>7} {size:>6} {:>12.0} {:>9.1} {:>9.0} {:>9.0}",
         o.rps(),
         o.mb_s(),
         o.p50_us,
         o.p99_us
     );
-    println!("{line}");
-    table.push(line);
+    csv.push(format!(
+        "{variant},{writers},{size},{:.0},{:.1},{:.0},{:.0}",
+        o.rps(),
+        o.mb_s(),
+        o.p50_us,
+        o.p99_us
+    ));
 }
 
 fn main() -> Result<()> {
@@ -437,7 +448,7 @@ fn main() -> Result<()> {
         "variant", "writers", "bytes", "records/s", "MB/s", "p50 µs", "p99 µs"
     );
     println!("{header}");
-    let mut table = vec![header];
+    let mut table = vec!["variant,writers,bytes,records_s,mb_s,p50_us,p99_us".to_owned()];
     let writer_counts = [1usize, 2, 4, 8];
     // Each cell runs its variants in turn, in `rounds` rounds of `run / rounds`, so that the
     // shared machine's drifting load hits them alike; a cell's rounds are merged.
@@ -535,6 +546,11 @@ fn main() -> Result<()> {
         "raw sequential write: {disk_before:.0} MB/s before, {disk_after:.0} MB/s after the runs; with O_DIRECT: {}",
         direct.map_or_else(|| "unsupported here".to_owned(), |d| format!("{d:.0} MB/s"))
     );
+
+    if let Some(path) = &opts.csv {
+        std::fs::write(path, table.join("\n") + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
 
     let speedup = sharded_8.rps() / naive_8.rps();
     println!(
