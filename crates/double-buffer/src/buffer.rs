@@ -5,7 +5,8 @@
 //! `take`s a sealed buffer (or, to honour the linger time, swaps out a partly filled active one),
 //! writes and syncs it **without holding the lock**, and `restore`s it as the new standby. A
 //! writer that finds the active buffer full while the other one is still with the flusher waits
-//! (or, in the non-blocking modes, is told so): memory never grows beyond the two buffers.
+//! (or, in the non-blocking modes, is told so; [`DoubleBuffer::poll_push`] registers a waker):
+//! memory never grows beyond the two buffers.
 //!
 //! This file depends only on `std` and `crate::sync`, so that the loom test can compile it
 //! against loom's primitives. For the same reason its unit tests live in `log.rs`: a test
@@ -13,6 +14,7 @@
 
 use std::fmt;
 use std::sync::PoisonError;
+use std::task::{Context, Poll, Waker};
 
 use crate::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 
@@ -56,6 +58,9 @@ struct State {
     /// The tag of the last frame ever pushed.
     last_tag: u64,
     shut: bool,
+    /// Tasks that found both buffers full in [`DoubleBuffer::poll_push`]: woken, like the
+    /// condition variable's waiters, when a buffer comes back or the buffer shuts.
+    space_wakers: Vec<Waker>,
 }
 
 /// How [`DoubleBuffer::push`] behaves when it cannot append at once.
@@ -160,6 +165,7 @@ impl DoubleBuffer {
                 sealed: None,
                 last_tag: 0,
                 shut: false,
+                space_wakers: Vec::new(),
             }),
             space: Condvar::new(),
             capacity,
@@ -180,6 +186,34 @@ impl DoubleBuffer {
         &self,
         len: usize,
         mode: PushMode,
+        write: impl FnOnce(&mut [u8]) -> (u64, T),
+    ) -> Result<Pushed<T>, PushError> {
+        self.push_inner(len, mode, None, write)
+    }
+
+    /// The asynchronous form of [`PushMode::Try`]: when both buffers are full, nothing is
+    /// pushed, `cx`'s waker is registered — atomically with the check, under the lock — and
+    /// `Poll::Pending` is returned; the waker is woken when the flusher gives a buffer back
+    /// ([`restore`](Self::restore)) or the buffer shuts. `write` is not called then: poll again
+    /// with the same frame. Never waits for the flusher, only (briefly) for the lock.
+    pub fn poll_push<T>(
+        &self,
+        cx: &mut Context<'_>,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> (u64, T),
+    ) -> Poll<Result<Pushed<T>, PushError>> {
+        match self.push_inner(len, PushMode::Try, Some(cx.waker()), write) {
+            Err(PushError::Full) => Poll::Pending,
+            other => Poll::Ready(other),
+        }
+    }
+
+    /// [`push`](Self::push); with `waker`, a push that finds both buffers full registers it.
+    pub(crate) fn push_inner<T>(
+        &self,
+        len: usize,
+        mode: PushMode,
+        waker: Option<&Waker>,
         write: impl FnOnce(&mut [u8]) -> (u64, T),
     ) -> Result<Pushed<T>, PushError> {
         if len > self.capacity {
@@ -236,7 +270,14 @@ impl DoubleBuffer {
             }
             match mode {
                 PushMode::Block => st = self.space.wait(st).unwrap_or_else(PoisonError::into_inner),
-                PushMode::Try | PushMode::Uncontended => return Err(PushError::Full),
+                PushMode::Try | PushMode::Uncontended => {
+                    if let Some(w) = waker
+                        && !st.space_wakers.iter().any(|x| x.will_wake(w))
+                    {
+                        st.space_wakers.push(w.clone());
+                    }
+                    return Err(PushError::Full);
+                }
             }
         }
     }
@@ -262,7 +303,8 @@ impl DoubleBuffer {
         Some(batch)
     }
 
-    /// For the flusher: gives a taken buffer back, emptied, and wakes writers waiting for room.
+    /// For the flusher: gives a taken buffer back, emptied, and wakes writers waiting for room
+    /// (blocked in [`push`](Self::push) or registered by [`poll_push`](Self::poll_push)).
     pub fn restore(&self, mut batch: Batch) {
         batch.buf.clear();
         let mut st = self.lock();
@@ -271,8 +313,10 @@ impl DoubleBuffer {
             "restore: a third buffer"
         );
         st.standby = Some(batch.buf);
+        let wakers = std::mem::take(&mut st.space_wakers);
         drop(st);
         self.space.notify_all();
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     /// Whether frames wait to be taken: `None` if not, `Some(true)` if a sealed (full) buffer
@@ -293,11 +337,15 @@ impl DoubleBuffer {
         self.lock().last_tag
     }
 
-    /// Refuses further pushes ([`PushError::Shut`]) and wakes writers waiting for room. Frames
-    /// already pushed can still be taken.
+    /// Refuses further pushes ([`PushError::Shut`]) and wakes writers waiting for room (blocked
+    /// or registered). Frames already pushed can still be taken.
     pub fn shut(&self) {
-        self.lock().shut = true;
+        let mut st = self.lock();
+        st.shut = true;
+        let wakers = std::mem::take(&mut st.space_wakers);
+        drop(st);
         self.space.notify_all();
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -36,7 +36,10 @@
 //! ```
 //!
 //! The async form is `ticket.await` (a [`Ticket`] is [`IntoFuture`]);
-//! it needs no particular runtime, since the flusher wakes the task's waker itself.
+//! it needs no particular runtime, since the flusher wakes the task's waker itself. Appending
+//! has async forms too ([`SpillLog::append_async`], [`SpillLog::append_keyed_async`], and the
+//! poll forms under them): where the blocking `append` would wait for the flusher to free a
+//! buffer, they yield to the executor instead of blocking its thread.
 //!
 //! # The durability contract
 //!
@@ -81,8 +84,9 @@
 //! - **Memory and backpressure.** Buffers take `slices × 2 × buffer_size` bytes (plus one
 //!   staging buffer of about `slices × buffer_size` with [`Config::direct_io`]), allocated at
 //!   open; an append allocates nothing. When the disk is slower than intake,
-//!   [`SpillLog::append`] waits for the flusher and [`SpillLog::try_append`] returns
-//!   [`Error::WouldBlock`]: nothing is dropped, nothing grows.
+//!   [`SpillLog::append`] waits for the flusher, [`SpillLog::try_append`] returns
+//!   [`Error::WouldBlock`] and [`SpillLog::poll_append`] returns `Poll::Pending` and wakes the
+//!   task once a buffer is free: nothing is dropped, nothing grows.
 //! - **Bad input.** An empty record is [`Error::EmptyRecord`] (a zero length marks the end of
 //!   the data on disk); one larger than [`Config::max_record_len`] is [`Error::RecordTooLarge`].
 //!   Corrupt files are [`Error::Corrupt`], never a panic.

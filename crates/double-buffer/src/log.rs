@@ -503,24 +503,54 @@ impl SpillLog {
     /// is slower than intake). The record is in memory when this returns; it is durable once
     /// the returned ticket's [`wait`](Ticket::wait) returns.
     pub fn append(&self, record: &[u8]) -> Result<Ticket> {
-        self.engine.append(record, None, true)
+        self.engine.append(record, None, Room::Wait)
     }
 
     /// Like [`SpillLog::append`] but fails with [`Error::WouldBlock`] instead of waiting for
     /// the flusher to free a buffer; nothing is appended then.
     pub fn try_append(&self, record: &[u8]) -> Result<Ticket> {
-        self.engine.append(record, None, false)
+        self.engine.append(record, None, Room::Fail)
     }
 
     /// Appends to the slice `key % slices`, never falling over to another one: records with the
-    /// same key keep their append order on disk and in replay.
+    /// same key keep their append order on disk and in replay, and become durable in that order.
     pub fn append_keyed(&self, key: u64, record: &[u8]) -> Result<Ticket> {
-        self.engine.append(record, Some(key), true)
+        self.engine.append(record, Some(key), Room::Wait)
     }
 
     /// The non-blocking form of [`SpillLog::append_keyed`].
     pub fn try_append_keyed(&self, key: u64, record: &[u8]) -> Result<Ticket> {
-        self.engine.append(record, Some(key), false)
+        self.engine.append(record, Some(key), Room::Fail)
+    }
+
+    /// The poll form of [`SpillLog::append`], for async code: where `append` would wait for the
+    /// flusher to free a buffer, this registers `cx`'s waker — woken when a buffer comes back or
+    /// the log shuts — and returns `Poll::Pending`, with nothing appended: poll again with the
+    /// same record. It never blocks the thread on I/O. (With [`Config::flush_thread`] off, the
+    /// caller is the flusher: it flushes on its own thread, as `append` does.)
+    pub fn poll_append(&self, cx: &mut Context<'_>, record: &[u8]) -> Poll<Result<Ticket>> {
+        self.engine.poll_append(cx, record, None)
+    }
+
+    /// The poll form of [`SpillLog::append_keyed`]; see [`SpillLog::poll_append`].
+    pub fn poll_append_keyed(
+        &self,
+        cx: &mut Context<'_>,
+        key: u64,
+        record: &[u8],
+    ) -> Poll<Result<Ticket>> {
+        self.engine.poll_append(cx, record, Some(key))
+    }
+
+    /// [`SpillLog::append`] for async code: waits for room without blocking the thread. The
+    /// record is in memory when this resolves; `ticket.await` then waits until it is durable.
+    pub async fn append_async(&self, record: &[u8]) -> Result<Ticket> {
+        std::future::poll_fn(|cx| self.poll_append(cx, record)).await
+    }
+
+    /// [`SpillLog::append_keyed`] for async code: waits for room without blocking the thread.
+    pub async fn append_keyed_async(&self, key: u64, record: &[u8]) -> Result<Ticket> {
+        std::future::poll_fn(|cx| self.poll_append_keyed(cx, key, record)).await
     }
 
     /// Makes every record appended before this call durable, then returns.
@@ -678,8 +708,37 @@ fn flusher_thread(engine: &Arc<Engine>) {
     }
 }
 
+/// What an append does when its slice's two buffers are both full.
+#[derive(Clone, Copy)]
+enum Room<'a> {
+    /// Wait for the flusher to give one back (or, without a flusher thread, flush).
+    Wait,
+    /// Fail with [`Error::WouldBlock`].
+    Fail,
+    /// Register the waker and fail with [`Error::WouldBlock`] (the poll form).
+    Register(&'a Waker),
+}
+
 impl Engine {
-    fn append(&self, record: &[u8], key: Option<u64>, block: bool) -> Result<Ticket> {
+    fn poll_append(
+        &self,
+        cx: &mut Context<'_>,
+        record: &[u8],
+        key: Option<u64>,
+    ) -> Poll<Result<Ticket>> {
+        // Without a flusher thread, the caller flushes (as every other call does then).
+        let room = if self.signals.flush_thread {
+            Room::Register(cx.waker())
+        } else {
+            Room::Wait
+        };
+        match self.append(record, key, room) {
+            Err(Error::WouldBlock) => Poll::Pending,
+            other => Poll::Ready(other),
+        }
+    }
+
+    fn append(&self, record: &[u8], key: Option<u64>, room: Room<'_>) -> Result<Ticket> {
         let len = record.len();
         if len == 0 {
             return Err(Error::EmptyRecord);
@@ -692,32 +751,37 @@ impl Engine {
         let frame = RECORD_HEADER_LEN + len;
         let n = self.slices.len();
         let next_id = &self.next_id;
-        let push = |i: usize, mode: PushMode| {
+        let push = |i: usize, mode: PushMode, waker: Option<&Waker>| {
             let slice = &self.slices[i];
-            slice.buffer.push(frame, mode, |out| {
+            slice.buffer.push_inner(frame, mode, waker, |out| {
                 let id = slice.take_id(next_id);
                 encode_record(out, record, crc, id, slice.index);
                 (id, id)
             })
         };
+        let block = matches!(room, Room::Wait);
         // With a flusher thread, a blocking append waits for it; without one, it flushes itself.
         let wait_mode = if block && self.signals.flush_thread {
             PushMode::Block
         } else {
             PushMode::Try
         };
+        let waker = match room {
+            Room::Register(w) => Some(w),
+            Room::Wait | Room::Fail => None,
+        };
         let (i, pushed) = loop {
             let attempt = match key {
                 Some(k) => {
                     let i = (k % n as u64) as usize;
-                    (i, push(i, wait_mode))
+                    (i, push(i, wait_mode, waker))
                 }
                 None => {
                     let home = home_slice(n);
                     let mut found = None;
                     for step in 0..n {
                         let i = (home + step) % n;
-                        match push(i, PushMode::Uncontended) {
+                        match push(i, PushMode::Uncontended, None) {
                             Err(PushError::Contended | PushError::Full) => {}
                             other => {
                                 if step > 0 {
@@ -728,7 +792,7 @@ impl Engine {
                             }
                         }
                     }
-                    found.unwrap_or_else(|| (home, push(home, wait_mode)))
+                    found.unwrap_or_else(|| (home, push(home, wait_mode, waker)))
                 }
             };
             match attempt {
@@ -1195,6 +1259,35 @@ mod tests {
         let batch = db.take().unwrap();
         assert_eq!(batch.bytes(), [7, 7, 7, 0, 0]);
         assert_eq!((batch.frames(), batch.last_tag()), (2, 2));
+    }
+
+    #[test]
+    fn poll_push_registers_once_and_is_woken_by_restore_and_by_shut() {
+        let db = DoubleBuffer::new(4);
+        let c = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&c));
+        let mut cx = Context::from_waker(&waker);
+        let mut poll = |tag: u64| {
+            db.poll_push(&mut cx, 4, |f| {
+                f.fill(tag as u8);
+                (tag, ())
+            })
+        };
+        assert!(matches!(poll(1), Poll::Ready(Ok(_))));
+        assert!(matches!(poll(2), Poll::Ready(Ok(p)) if p.sealed));
+        // Both buffers full: pending, the closure not run, the waker kept once.
+        assert!(poll(3).is_pending());
+        assert!(poll(3).is_pending());
+        assert_eq!(c.0.load(Ordering::SeqCst), 0);
+        let batch = db.take().unwrap();
+        assert_eq!((batch.bytes(), batch.last_tag()), (&[1u8; 4][..], 1));
+        db.restore(batch);
+        assert_eq!(c.0.load(Ordering::SeqCst), 1, "woken once by the restore");
+        assert!(matches!(poll(3), Poll::Ready(Ok(_))));
+        assert!(poll(4).is_pending());
+        db.shut();
+        assert_eq!(c.0.load(Ordering::SeqCst), 2, "woken by the shut");
+        assert!(matches!(poll(4), Poll::Ready(Err(PushError::Shut))));
     }
 
     #[test]

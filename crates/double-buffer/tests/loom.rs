@@ -17,7 +17,7 @@ mod buffer;
 
 use buffer::{DoubleBuffer, PushError, PushMode};
 use loom::sync::Arc;
-use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use loom::thread;
 
 /// A frame: writer, sequence number, tag (4 bytes each... kept to 3 bytes to stay small).
@@ -173,6 +173,58 @@ fn non_blocking_pushes_never_wait_and_never_lose() {
                 .collect();
             assert_eq!(seqs, (0..n).collect::<Vec<_>>());
         }
+    });
+}
+
+/// A waker that records that it was woken, for `poll_push`.
+struct Flag(AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_task_polling_for_room_is_always_woken() {
+    model(|| {
+        // One frame per buffer: the third push finds both full and must be woken by a restore.
+        let db = Arc::new(DoubleBuffer::new(FRAME));
+        let tags = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (db, tags) = (db.clone(), tags.clone());
+            thread::spawn(move || {
+                let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+                let waker = std::task::Waker::from(flag.clone());
+                let mut cx = std::task::Context::from_waker(&waker);
+                for seq in 0..3u8 {
+                    loop {
+                        flag.0.store(false, Ordering::SeqCst);
+                        let polled = db.poll_push(&mut cx, FRAME, |frame| {
+                            let tag = tags.fetch_add(1, Ordering::Relaxed) + 1;
+                            frame.copy_from_slice(&[0, seq, tag as u8]);
+                            (tag, ())
+                        });
+                        match polled {
+                            std::task::Poll::Ready(r) => {
+                                drop(r.unwrap());
+                                break;
+                            }
+                            // An executor would park the task here; a lost wake-up spins
+                            // forever, which loom reports.
+                            std::task::Poll::Pending => {
+                                while !flag.0.load(Ordering::SeqCst) {
+                                    thread::yield_now();
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        let seen = flush_all(&db, 3);
+        writer.join().unwrap();
+        check(&seen, 1, 3);
     });
 }
 
