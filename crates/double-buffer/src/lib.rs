@@ -78,6 +78,13 @@
 //!   threads — or by one thread that fell over to another slice because its own was contended
 //!   or full — may replay out of append order. [`SpillLog::append_keyed`] pins a key to a
 //!   slice: records with the same key replay in append order.
+//! - **Durability order.** Within a slice, records also *become durable* in append order: a
+//!   slice's buffers are flushed one after the other, in the order they were filled, and its
+//!   durability is a single watermark over its increasing ids. So when a ticket reports its
+//!   record durable, every record appended to the same slice before it is durable too; and when
+//!   a flush fails, the records that get the error are exactly the slice's records after the
+//!   watermark. A caller pinning one key (one slice) can therefore await only its oldest
+//!   ticket at a time, or treat a failure as covering everything appended after it.
 //! - **Deletion.** A segment file is deleted only once a committed replay checkpoint lies
 //!   beyond it; the checkpoint only ever covers durable data. A segment whose sync failed is
 //!   therefore never deleted.

@@ -92,6 +92,31 @@ fn disk_full_on_fsync_reaches_every_waiter() {
     writers_see(Fault::Sync, ErrorKind::StorageFull, 20);
 }
 
+/// When a flush fails, the records of a slice that get the error are exactly those after
+/// the ones already durable: the outcomes of one key's tickets, in append order, are a run of
+/// successes followed by a run of errors.
+#[test]
+fn a_failed_flush_fails_a_suffix_of_each_slice() {
+    let mem = MemStorage::new();
+    let log = open(&mem, small());
+    mem.inject(Fault::Sync, 15, ErrorKind::StorageFull);
+    let mut tickets = Vec::new();
+    for seq in 0..2_000 {
+        match log.append_keyed(0, &payload(0, seq)) {
+            Ok(t) => tickets.push(t),
+            Err(_) => break, // the log failed and refuses appends
+        }
+    }
+    let outcomes: Vec<bool> = tickets.into_iter().map(|t| t.wait().is_ok()).collect();
+    let durable = outcomes.iter().take_while(|ok| **ok).count();
+    assert!(durable > 0, "some flushes succeeded before the fault");
+    assert!(
+        outcomes[durable..].iter().all(|ok| !ok),
+        "a record after a failed one was reported durable: {outcomes:?}"
+    );
+    assert!(durable < outcomes.len(), "the fault struck");
+}
+
 #[test]
 fn io_error_on_write_reaches_every_waiter() {
     writers_see(Fault::Write, ErrorKind::Other, 30);
