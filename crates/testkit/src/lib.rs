@@ -12,6 +12,8 @@
 //!   a shared server "fail" without stopping it.
 //! * [`ZooKeeperServer`] writes a `zoo.cfg` and builds the command that runs
 //!   Debian's ZooKeeper, standalone or as an ensemble member.
+//! * `TestRecorder` (feature `metrics`) keeps what the code under test
+//!   recorded through the `metrics` facade, for one test at a time.
 //!
 //! # Quick example
 //!
@@ -29,9 +31,14 @@
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "metrics")]
+mod metrics;
 mod proxy;
 mod services;
 mod zookeeper;
+
+#[cfg(feature = "metrics")]
+pub use crate::metrics::TestRecorder;
 
 pub use proxy::{FaultProxy, Mode};
 pub use services::{ProbeError, Service, require};
