@@ -29,7 +29,9 @@ use tokio::sync::Notify;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::error::Result;
+use crate::metrics::{DetectorMetrics, RuleMetrics};
 use crate::rule::Rule;
+use crate::scan::display_key;
 use crate::sketch::WindowSketch;
 use crate::window::BucketRing;
 
@@ -166,6 +168,7 @@ struct RuleCounter {
     shards: Box<[RwLock<HashTable<Arc<Candidate>>>]>,
     hot: Mutex<Vec<HotEntry>>,
     next_sweep_ms: AtomicU64,
+    metrics: RuleMetrics,
 }
 
 #[inline]
@@ -190,6 +193,7 @@ pub struct Detector {
     evictions: AtomicU64,
     rejected: AtomicU64,
     dropped_events: AtomicU64,
+    metrics: DetectorMetrics,
 }
 
 impl fmt::Debug for Detector {
@@ -233,6 +237,7 @@ impl Detector {
                     shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
                     hot: Mutex::new(Vec::new()),
                     next_sweep_ms: AtomicU64::new(0),
+                    metrics: RuleMetrics::new(&rule.name),
                 }
             })
             .collect();
@@ -251,6 +256,7 @@ impl Detector {
             evictions: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
+            metrics: DetectorMetrics::new(),
         })
     }
 
@@ -391,6 +397,7 @@ impl Detector {
                 event: event.clone(),
                 below_since: None,
             });
+            on_hot(rc, &event);
             self.push_event(Event::Hot(event));
         }
     }
@@ -434,7 +441,17 @@ impl Detector {
                     true
                 }
             });
+            if !cooled.is_empty() {
+                rc.metrics.cooled.increment(cooled.len() as u64);
+                rc.metrics.hot_keys.decrement(cooled.len() as f64);
+            }
             for c in cooled {
+                tracing::info!(
+                    rule = %c.rule,
+                    key = %log_key(&c.key),
+                    cooled_at_ms = c.cooled_at_ms,
+                    "hot key cooled down"
+                );
                 self.push_event(Event::Cooled(c));
             }
             let due = rc.next_sweep_ms.load(Ordering::Relaxed);
@@ -458,6 +475,19 @@ impl Detector {
                 }
             }
         }
+        self.publish_counters();
+    }
+
+    /// Publishes the candidate-table counters to the `metrics` recorder
+    /// (kept in plain atomics on the read path).
+    fn publish_counters(&self) {
+        let m = &self.metrics;
+        m.promotions
+            .publish(self.promotions.load(Ordering::Relaxed));
+        m.evictions.publish(self.evictions.load(Ordering::Relaxed));
+        m.rejected.publish(self.rejected.load(Ordering::Relaxed));
+        m.dropped_events
+            .publish(self.dropped_events.load(Ordering::Relaxed));
     }
 
     /// Takes the next pending event, if any.
@@ -509,9 +539,11 @@ impl Detector {
         })
     }
 
-    /// Counters and memory use.
+    /// Counters and memory use (also publishes the counters to the
+    /// `metrics` recorder, as [`tick`](Self::tick) does).
     #[must_use]
     pub fn stats(&self) -> DetectorStats {
+        self.publish_counters();
         let mut s = DetectorStats {
             promotions: self.promotions.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
@@ -557,6 +589,45 @@ impl Detector {
         std::time::Duration::from_millis(
             self.rules.iter().map(|r| r.bucket_ms).min().unwrap_or(100),
         )
+    }
+}
+
+impl Drop for Detector {
+    /// Takes this detector's hot keys out of the `hotkey_hot_keys` gauge,
+    /// which sums the detectors of the process.
+    fn drop(&mut self) {
+        for rc in self.rules.iter() {
+            let hot = rc.hot.lock().len();
+            if hot > 0 {
+                rc.metrics.hot_keys.decrement(hot as f64);
+            }
+        }
+    }
+}
+
+/// A detection's metrics and log line: once per hot episode of a key, so
+/// kept out of line, away from the read path.
+#[cold]
+#[inline(never)]
+fn on_hot(rc: &RuleCounter, event: &HotKey) {
+    rc.metrics.detected.increment(1);
+    rc.metrics.hot_keys.increment(1.0);
+    tracing::info!(
+        rule = %event.rule,
+        key = %log_key(&event.key),
+        rate = event.rate,
+        detected_at_ms = event.detected_at_ms,
+        "hot key detected"
+    );
+}
+
+/// A key as logged: readable, and at most about 128 bytes of it.
+fn log_key(key: &[u8]) -> String {
+    const SHOWN: usize = 128;
+    if key.len() <= SHOWN {
+        display_key(key)
+    } else {
+        format!("{}... ({} bytes)", display_key(&key[..SHOWN]), key.len())
     }
 }
 

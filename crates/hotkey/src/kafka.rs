@@ -50,6 +50,7 @@ use tracing::{debug, warn};
 use crate::clock::{Clock, SystemClock};
 use crate::detector::Detector;
 use crate::error::{Error, Result};
+use crate::metrics::{ReporterMetrics, SourceMetrics};
 use crate::report::{Report, entry_size, header_size};
 
 const SHARDS: usize = 16;
@@ -213,6 +214,7 @@ pub struct KafkaReporter {
     reads: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    metrics: ReporterMetrics,
 }
 
 impl fmt::Debug for KafkaReporter {
@@ -234,6 +236,7 @@ impl KafkaReporter {
     /// [`new`](Self::new) with an injected clock (stamps the reports).
     pub async fn with_clock(cfg: ReporterConfig, clock: Arc<dyn Clock>) -> Result<Arc<Self>> {
         cfg.validate()?;
+        let metrics = ReporterMetrics::new(&cfg.instance);
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &cfg.brokers)
@@ -290,6 +293,7 @@ impl KafkaReporter {
             reads: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            metrics,
         }))
     }
 
@@ -347,6 +351,7 @@ impl KafkaReporter {
         }
         self.pending_keys.store(0, Ordering::Relaxed);
         if taken.is_empty() {
+            self.publish_dropped();
             return Ok(0);
         }
         let now = self.clock.now_ms();
@@ -392,17 +397,18 @@ impl KafkaReporter {
         for (report, result) in futures::future::join_all(futures).await {
             match result {
                 Ok(_) => {
+                    let reads = report.entries.iter().map(|(_, n)| n).sum::<u64>();
                     self.messages.fetch_add(1, Ordering::Relaxed);
                     self.entries
                         .fetch_add(report.entries.len() as u64, Ordering::Relaxed);
-                    self.reads.fetch_add(
-                        report.entries.iter().map(|(_, n)| n).sum::<u64>(),
-                        Ordering::Relaxed,
-                    );
+                    self.reads.fetch_add(reads, Ordering::Relaxed);
+                    self.metrics.reports.increment(1);
+                    self.metrics.reads.increment(reads);
                     sent += report.entries.len();
                 }
                 Err((e, _)) => {
                     self.failed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.failed_sends.increment(1);
                     for (k, n) in report.entries {
                         self.record_n(&k, n);
                     }
@@ -410,6 +416,9 @@ impl KafkaReporter {
                 }
             }
         }
+        // Reads dropped by `record_n` are published here, once per send,
+        // rather than on the read path.
+        self.publish_dropped();
         match first_error {
             Some(e) => Err(Error::Kafka {
                 op: "produce",
@@ -418,6 +427,12 @@ impl KafkaReporter {
             }),
             None => Ok(sent),
         }
+    }
+
+    fn publish_dropped(&self) {
+        self.metrics
+            .dropped_reads
+            .publish(self.dropped.load(Ordering::Relaxed));
     }
 
     /// Counters.
@@ -556,12 +571,12 @@ pub struct SourceStats {
     pub corrupt_messages: u64,
 }
 
-#[derive(Default)]
 struct SourceShared {
     reports: AtomicU64,
     reads: AtomicU64,
     stale: AtomicU64,
     corrupt: AtomicU64,
+    metrics: SourceMetrics,
 }
 
 /// Feeds a [`Detector`] from the report topic. See the module docs.
@@ -604,7 +619,13 @@ impl KafkaSource {
             cfg,
             consumer,
             detector,
-            shared: Arc::default(),
+            shared: Arc::new(SourceShared {
+                reports: AtomicU64::new(0),
+                reads: AtomicU64::new(0),
+                stale: AtomicU64::new(0),
+                corrupt: AtomicU64::new(0),
+                metrics: SourceMetrics::new(),
+            }),
         })
     }
 
@@ -614,12 +635,14 @@ impl KafkaSource {
             Ok(r) => r,
             Err(e) => {
                 self.shared.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.corrupt.increment(1);
                 return Err(e);
             }
         };
         let now = self.detector.clock().now_ms();
         if now.saturating_sub(report.interval_end_ms) > self.cfg.max_report_age.as_millis() as u64 {
             self.shared.stale.fetch_add(1, Ordering::Relaxed);
+            self.shared.metrics.stale.increment(1);
             return Ok(());
         }
         let mut reads = 0u64;
@@ -629,6 +652,8 @@ impl KafkaSource {
         }
         self.shared.reports.fetch_add(1, Ordering::Relaxed);
         self.shared.reads.fetch_add(reads, Ordering::Relaxed);
+        self.shared.metrics.counted.increment(1);
+        self.shared.metrics.reads.increment(reads);
         Ok(())
     }
 

@@ -54,6 +54,27 @@
 //! * **Watchers** converge to the published set after any disconnect or
 //!   session expiry; while disconnected they keep the last set.
 //!
+//! # Observability
+//!
+//! Counters and gauges go through the [`metrics`](https://docs.rs/metrics)
+//! facade, all named `hotkey_*`: detections and cool-downs per rule
+//! (`hotkey_detected_total{rule}`, `hotkey_cooled_total{rule}`, the
+//! `hotkey_hot_keys{rule}` gauge), the candidate table
+//! (`hotkey_rejected_promotions_total`, ...), ZooKeeper writes and watcher
+//! re-reads (`hotkey_zk_writes_total{app}`, `hotkey_zk_resyncs_total{app}`,
+//! ...), and Kafka reports on both sides
+//! (`hotkey_reporter_dropped_reads_total{instance}`,
+//! `hotkey_kafka_reports_total{outcome}`, ...). The [`metrics`](mod@metrics)
+//! module lists every name with its labels. Nothing is recorded per read:
+//! only detections, ticks, sends, transactions and consumed messages move a
+//! metric. Install the recorder before building the objects (they register
+//! their handles when built).
+//!
+//! `tracing` events: `INFO` "hot key detected" and "hot key cooled down"
+//! (fields `rule`, `key`, `rate` or `cooled_at_ms`), `WARN` when a
+//! publication, a report send or a watcher's re-read fails, and when a
+//! ZooKeeper session is lost.
+//!
 //! # Quick example: in-process
 //!
 //! ```
@@ -113,6 +134,7 @@ mod error;
 mod hotset;
 #[cfg(feature = "kafka")]
 mod kafka;
+pub mod metrics;
 mod report;
 mod rule;
 mod scan;

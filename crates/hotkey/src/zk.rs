@@ -62,6 +62,7 @@ use zookeeper_client::{
 use crate::detector::{Detector, HotKey};
 use crate::error::{Error, Result};
 use crate::hotset::{HotKeySet, HotKeySetUpdater, SetChange};
+use crate::metrics::{PublisherMetrics, WatchMetrics};
 use crate::znode::{decode_key, encode_key, validate_root, validate_segment};
 
 /// Digest credentials of the detector (the only writer).
@@ -307,6 +308,7 @@ pub struct ZkPublisher {
     reread: bool,
     last_write: Option<Instant>,
     stats: PublisherStats,
+    metrics: PublisherMetrics,
 }
 
 impl fmt::Debug for ZkPublisher {
@@ -347,6 +349,7 @@ impl ZkPublisher {
         }
         let mut p = ZkPublisher {
             app_path: cfg.app_path(),
+            metrics: PublisherMetrics::new(&cfg.app),
             cfg,
             client: None,
             published: HashSet::new(),
@@ -402,6 +405,7 @@ impl ZkPublisher {
         if !alive {
             if self.client.take().is_some() {
                 self.stats.reconnects += 1;
+                self.metrics.reconnects.increment(1);
                 warn!(app = %self.app_path, "zookeeper session lost; opening a new one");
             }
             let client = self.cfg.connect(true).await?;
@@ -423,8 +427,10 @@ impl ZkPublisher {
     /// caller does, writes stay coalesced.
     pub async fn sync(&mut self, hot: &[HotKey]) -> Result<SyncOutcome> {
         let result = self.sync_inner(hot).await;
+        self.metrics.published.set(self.published.len() as f64);
         if result.is_err() {
             self.stats.errors += 1;
+            self.metrics.errors.increment(1);
             // The transaction may or may not have been applied.
             self.reread = true;
         }
@@ -448,6 +454,7 @@ impl ZkPublisher {
             desired.entry(k).or_insert(None);
         }
         self.stats.skipped_long_keys += skipped;
+        self.metrics.skipped_long_keys.increment(skipped);
         let creates: Vec<(&[u8], Option<&HotKey>)> = desired
             .iter()
             .filter(|(k, _)| !self.published.contains(**k))
@@ -522,6 +529,9 @@ impl ZkPublisher {
                 self.stats.writes += 1;
                 self.stats.created += creates.len() as u64;
                 self.stats.deleted += deletes.len() as u64;
+                self.metrics.writes.increment(1);
+                self.metrics.created.increment(creates.len() as u64);
+                self.metrics.deleted.increment(deletes.len() as u64);
                 let (created, deleted) = (creates.len(), deletes.len());
                 let new: Vec<Vec<u8>> = creates.iter().map(|(k, _)| k.to_vec()).collect();
                 let gone: Vec<Vec<u8>> = deletes.iter().map(|k| (*k).clone()).collect();
@@ -538,6 +548,7 @@ impl ZkPublisher {
             }
             Err(MultiWriteError::OperationFailed { index, source }) => {
                 self.stats.conflicts += 1;
+                self.metrics.conflicts.increment(1);
                 // The index comes from the server's answer: not trusted as an index.
                 let path = paths.get(index).unwrap_or(&self.app_path).clone();
                 warn!(app = %self.app_path, %path, error = %source, "hot-key transaction refused; re-reading");
@@ -723,13 +734,31 @@ pub struct WatchStats {
     pub connected: bool,
 }
 
-#[derive(Default)]
 struct WatchShared {
     resyncs: AtomicU64,
     reconnects: AtomicU64,
     events: AtomicU64,
     bad_names: AtomicU64,
     connected: AtomicBool,
+    metrics: WatchMetrics,
+}
+
+impl WatchShared {
+    fn new(app: &str) -> Self {
+        WatchShared {
+            resyncs: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            bad_names: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            metrics: WatchMetrics::new(app),
+        }
+    }
+
+    fn count_bad_names(&self, n: u64) {
+        self.bad_names.fetch_add(n, Ordering::Relaxed);
+        self.metrics.bad_names.increment(n);
+    }
 }
 
 /// A [`HotKeySet`] kept in sync with ZooKeeper by a background task; see
@@ -792,7 +821,7 @@ impl HotKeySet {
     pub async fn watch(cfg: ZkConfig) -> Result<HotKeyWatch> {
         cfg.validate()?;
         let (set, updater) = HotKeySet::manual();
-        let shared = Arc::new(WatchShared::default());
+        let shared = Arc::new(WatchShared::new(&cfg.app));
         let client = cfg.connect(false).await?;
         let app_path = cfg.app_path();
         let watcher = client
@@ -818,9 +847,10 @@ async fn resync(
     shared: &WatchShared,
 ) -> Result<()> {
     let (keys, bad) = read_keys(client, app_path).await?;
-    shared.bad_names.fetch_add(bad, Ordering::Relaxed);
+    shared.count_bad_names(bad);
     updater.replace(keys);
     shared.resyncs.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.resyncs.increment(1);
     Ok(())
 }
 
@@ -869,6 +899,7 @@ async fn watch_loop(
                 },
                 EventType::NodeCreated | EventType::NodeDeleted => {
                     shared.events.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.events.increment(1);
                     if event.path == app_path {
                         if event.event_type == EventType::NodeDeleted {
                             updater.replace(std::iter::empty::<&[u8]>());
@@ -891,7 +922,7 @@ async fn watch_loop(
                             updater.apply([SetChange::Remove(key)]);
                         }
                         Err(e) => {
-                            shared.bad_names.fetch_add(1, Ordering::Relaxed);
+                            shared.count_bad_names(1);
                             warn!(error = %e, "ignoring a child that is not a hot key");
                         }
                     }
@@ -920,6 +951,7 @@ async fn watch_loop(
                     watcher = w;
                     backoff = Duration::from_millis(50);
                     shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.reconnects.increment(1);
                     shared.connected.store(true, Ordering::Relaxed);
                     break;
                 }

@@ -12,6 +12,9 @@ use hotkey::{
     SourceConfig,
 };
 
+use hotkey::metrics::{DETECTED, KAFKA_READS, KAFKA_REPORTS, REPORTER_READS, REPORTER_REPORTS};
+use testkit::TestRecorder;
+
 use crate::wait_until;
 
 const START: u64 = 1_700_000_000_000;
@@ -80,6 +83,8 @@ async fn a_key_hot_only_across_instances_is_detected() {
     let kafka = EmbeddedKafka::start(&topic("across"), 4).unwrap();
     let (brokers, topic) = (kafka.brokers(), kafka.topic().to_owned());
     let clock = ManualClock::new(START);
+    let recorder = TestRecorder::new();
+    let guard = recorder.guard();
     let detector = detector(&clock);
     let (source_task, stats) = source(&brokers, &topic, &detector).spawn();
 
@@ -95,15 +100,36 @@ async fn a_key_hot_only_across_instances_is_detected() {
         r.record_n(format!("own-{i}").as_bytes(), 900);
         instances.push((Arc::clone(&r), r.spawn()));
     }
+    drop(guard);
     wait_until(
         "all reads to reach the detector",
         Duration::from_secs(15),
-        || stats.get().reads == 3 * 1300,
+        // The metrics are bumped right after the stats they mirror.
+        || {
+            stats.get().reads == 3 * 1300
+                && recorder.counter(KAFKA_READS, &[]) == 3 * 1300
+                && recorder.counter_sum(REPORTER_READS) == 3 * 1300
+        },
     )
     .await;
     assert_eq!(hot_keys(&detector), vec![b"shared".to_vec()]);
     let total: u64 = instances.iter().map(|(r, _)| r.stats().reads).sum();
     assert_eq!(total, 3 * 1300);
+    // The same numbers through the `metrics` facade.
+    assert_eq!(recorder.counter(DETECTED, &[("rule", "default")]), 1);
+    assert_eq!(recorder.counter(KAFKA_READS, &[]), 3 * 1300);
+    let counted = recorder.counter(KAFKA_REPORTS, &[("outcome", "counted")]);
+    assert_eq!(counted, stats.get().reports);
+    for (i, (r, _)) in instances.iter().enumerate() {
+        let instance = format!("web-{i}");
+        let labels = [("instance", instance.as_str())];
+        assert_eq!(recorder.counter(REPORTER_READS, &labels), 1300);
+        assert_eq!(
+            recorder.counter(REPORTER_REPORTS, &labels),
+            r.stats().messages
+        );
+    }
+    assert_eq!(recorder.counter_sum(REPORTER_REPORTS), counted);
     for (_, task) in instances {
         task.shutdown().await;
     }

@@ -6,6 +6,7 @@ mod workload;
 mod accuracy;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod metrics;
 mod scan;
 #[cfg(feature = "zookeeper")]
 mod zk;

@@ -4,12 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hotkey::metrics::{
+    COOLED, DETECTED, HOT_KEYS, ZK_PUBLISHED_KEYS, ZK_RESYNCS, ZK_WATCH_EVENTS, ZK_WRITES,
+    ZK_ZNODES,
+};
 use hotkey::zookeeper_client::{self, Acls, Client, CreateMode};
 use hotkey::{
     Config, Detector, DigestCredentials, HotKey, HotKeySet, HotKeyWatch, ManualClock, Rule,
     SyncOutcome, ZkConfig, ZkPublisher, encode_key,
 };
-use testkit::{FaultProxy, Service};
+use testkit::{FaultProxy, Service, TestRecorder};
 
 use crate::wait_until;
 
@@ -93,6 +97,9 @@ async fn published_key_reaches_every_watcher_and_leaves_after_cooldown() {
     let addr = zk_addr();
     let cfg = config("cooldown", &addr);
     let clock = ManualClock::new(1_700_000_000_000);
+    // Everything built while the guard lives reports to this test's recorder.
+    let recorder = TestRecorder::new();
+    let guard = recorder.guard();
     let detector = small_detector(&clock, 10, Duration::from_millis(500));
     let publisher = ZkPublisher::connect(cfg.clone())
         .await
@@ -102,6 +109,13 @@ async fn published_key_reaches_every_watcher_and_leaves_after_cooldown() {
     for _ in 0..3 {
         watchers.push(HotKeySet::watch(watch_cfg(&cfg, &addr)).await.unwrap());
     }
+    drop(guard);
+    let app = [("app", "app")];
+    assert_eq!(
+        recorder.counter(ZK_RESYNCS, &app),
+        3,
+        "each watcher's first read"
+    );
     let key: &[u8] = b"user:42/profile \xff";
     for _ in 0..11 {
         detector.record(key);
@@ -124,6 +138,19 @@ async fn published_key_reaches_every_watcher_and_leaves_after_cooldown() {
         .unwrap();
     let meta: hotkey::KeyNodeData = serde_json::from_slice(&data).unwrap();
     assert_eq!((meta.rule.as_str(), meta.rate), ("default", 11));
+    let rule = [("rule", "default")];
+    assert_eq!(recorder.counter(DETECTED, &rule), 1);
+    assert_eq!(recorder.gauge(HOT_KEYS, &rule), Some(1.0));
+    assert!(recorder.counter(ZK_WRITES, &app) >= 1);
+    assert_eq!(
+        recorder.counter(ZK_ZNODES, &[("app", "app"), ("op", "created")]),
+        1
+    );
+    assert_eq!(
+        recorder.counter(ZK_WATCH_EVENTS, &app),
+        3,
+        "one creation, three watchers"
+    );
 
     // Out of the window, then the cool-down: removed from every watcher.
     clock.advance_ms(1_000);
@@ -141,6 +168,14 @@ async fn published_key_reaches_every_watcher_and_leaves_after_cooldown() {
     }
     assert!(publisher.stats().deleted >= 1);
     publisher.shutdown().await;
+    assert_eq!(recorder.counter(COOLED, &rule), 1);
+    assert_eq!(recorder.gauge(HOT_KEYS, &rule), Some(0.0));
+    assert_eq!(
+        recorder.counter(ZK_ZNODES, &[("app", "app"), ("op", "deleted")]),
+        1
+    );
+    assert_eq!(recorder.gauge(ZK_PUBLISHED_KEYS, &app), Some(0.0));
+    assert_eq!(recorder.counter(ZK_WATCH_EVENTS, &app), 6);
     cleanup(&cfg).await;
 }
 
