@@ -93,6 +93,25 @@
 //!   limited ([`ServerConfig::max_body_bytes`], after gzip decoding); no input panics
 //!   (the codecs are fuzzed with proptest).
 //!
+//! # Observability
+//!
+//! Counters and gauges go through the [`metrics`](https://docs.rs/metrics) facade,
+//! all named `registry_*`: `registry_registrations_total`, `registry_renewals_total`
+//! and `registry_cancels_total` (label `origin`: `client` or `peer`),
+//! `registry_evictions_total`, the gauges `registry_instances` and
+//! `registry_self_preservation` (0/1), `registry_fetches_total{kind}`, and per peer
+//! `registry_replication_{batches,tasks,failures,dropped}_total` and
+//! `registry_replication_pending`. The [`metrics`](mod@metrics) module lists them
+//! with their labels. Handles are registered when a [`Registry`] is built or a
+//! [`Server`] starts (install the recorder first), so a heartbeat costs one atomic
+//! add more. `registry-server --metrics-addr ADDR` serves them for Prometheus.
+//!
+//! `tracing` events: every eviction pass that evicts logs one `WARN` ("evicted
+//! instances whose lease expired", fields `evicted`, `expired`, `cap`,
+//! `compensation_ms`, `instances`); self-preservation turning on is a `WARN` (an
+//! `INFO` while the registry is empty) and turning off an `INFO`; a full replication
+//! queue is a `WARN`.
+//!
 //! # Where it differs from Eureka
 //!
 //! Deliberately: the eviction default (5 s, not 60 s); expected renewals per instance
@@ -110,6 +129,7 @@ pub mod codec;
 mod config;
 mod error;
 mod lease;
+pub mod metrics;
 mod model;
 mod registry;
 mod replication;

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
@@ -21,6 +22,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, RenewRate};
+use crate::metrics::RegistryMetrics;
 use crate::model::{
     ActionType, Application, Applications, Instance, InstanceInfo, LeaseInfo, MAX_METADATA, Millis,
     Status, reconcile_hashcode,
@@ -38,6 +40,9 @@ pub struct Registry {
     listener: RwLock<Option<ChangeListener>>,
     full_cache: Mutex<Option<Arc<Applications>>>,
     delta_cache: Mutex<Option<Arc<Applications>>>,
+    metrics: RegistryMetrics,
+    /// Whether self-preservation held evictions back when last evaluated.
+    preserving: AtomicBool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -147,6 +152,8 @@ impl Registry {
             listener: RwLock::new(None),
             full_cache: Mutex::new(None),
             delta_cache: Mutex::new(None),
+            metrics: RegistryMetrics::new(),
+            preserving: AtomicBool::new(false),
         })
     }
 
@@ -258,12 +265,16 @@ impl Registry {
                 journal.counts[old_status.index()] -= 1;
                 journal.expected_milli -= old_milli;
             }
-            None => journal.instances += 1,
+            None => {
+                journal.instances += 1;
+                self.metrics.instances.increment(1.0);
+            }
         }
         journal.counts[status.index()] += 1;
         journal.expected_milli += expected_milli;
         let version = self.record(&mut journal, now, info.clone(), lease_info);
         drop(journal);
+        self.metrics.registrations.increment(is_replication);
         self.notify(version);
         Ok(info)
     }
@@ -291,6 +302,7 @@ impl Registry {
                 return Err(unknown(app, id));
             }
             self.renews.increment(now);
+            self.metrics.renewals.increment(is_replication);
             slot.lease.renew(now);
             status != own
         };
@@ -322,7 +334,21 @@ impl Registry {
 
     /// Cancels a lease (the client shuts down). Its override goes with it.
     pub fn cancel(&self, app: &str, id: &str, now: Millis) -> Result<()> {
-        self.remove(app, id, now, None)
+        self.cancel_from(app, id, false, now)
+    }
+
+    /// [`cancel`](Self::cancel), saying whether a peer replicated it (for
+    /// the `origin` label of `registry_cancels_total`).
+    pub(crate) fn cancel_from(
+        &self,
+        app: &str,
+        id: &str,
+        is_replication: bool,
+        now: Millis,
+    ) -> Result<()> {
+        self.remove(app, id, now, None)?;
+        self.metrics.cancels.increment(is_replication);
+        Ok(())
     }
 
     /// Sets an operator's status override (`PUT .../status?value=`); it survives
@@ -427,8 +453,11 @@ impl Registry {
     /// most `size - floor(size × threshold)` of them, picked at random (seeded by `now`)
     /// so that one app is not wiped out first. A lease renewed after the scan is spared.
     /// Evicting lowers the expected renewals, exactly as cancelling does.
+    ///
+    /// Each evicted lease counts in `registry_evictions_total`, and a pass that
+    /// evicts logs one `WARN` event naming them.
     pub fn evict(&self, now: Millis, compensation_ms: u64) -> EvictionReport {
-        if !self.lease_expiration_enabled(now) {
+        if self.self_preservation_active(now) {
             return EvictionReport {
                 self_preservation: true,
                 ..EvictionReport::default()
@@ -460,10 +489,52 @@ impl Registry {
             expired.swap(i, j);
             let (app, id) = &expired[i];
             if self.remove(app, id, now, Some(compensation_ms)).is_ok() {
+                self.metrics.evictions.increment(1);
                 report.evicted.push((app.clone(), id.clone()));
             }
         }
+        if !report.evicted.is_empty() {
+            tracing::warn!(
+                evicted = report.evicted.len(),
+                expired = report.expired,
+                cap = report.cap,
+                compensation_ms,
+                instances = ?report.evicted,
+                "evicted instances whose lease expired"
+            );
+        }
         report
+    }
+
+    /// Whether self-preservation holds evictions back at `now`; keeps the
+    /// `registry_self_preservation` gauge and logs when that changes.
+    fn self_preservation_active(&self, now: Millis) -> bool {
+        let active = self.cfg.self_preservation && !self.lease_expiration_enabled(now);
+        if self.preserving.swap(active, Ordering::Relaxed) != active {
+            let (renews, threshold) = (self.renews.last_minute(now), self.renews_threshold());
+            if active {
+                self.metrics.self_preservation.increment(1.0);
+                // An empty registry has nothing to protect: not worth a warning.
+                if self.is_empty() {
+                    tracing::info!(renews_last_min = renews, threshold, "self-preservation on");
+                } else {
+                    tracing::warn!(
+                        renews_last_min = renews,
+                        threshold,
+                        "self-preservation on: too few renewals in the last minute, \
+                         expired leases are kept"
+                    );
+                }
+            } else {
+                self.metrics.self_preservation.decrement(1.0);
+                tracing::info!(
+                    renews_last_min = renews,
+                    threshold,
+                    "self-preservation off: expired leases are evicted again"
+                );
+            }
+        }
+        active
     }
 
     /// The full registry at one version, with its `apps__hashcode`; cached until the next change.
@@ -704,8 +775,7 @@ impl Registry {
             expected_renews_per_min: expected_milli as f64 / 1000.0,
             renews_threshold,
             self_preservation_enabled: self.cfg.self_preservation,
-            self_preservation_active: self.cfg.self_preservation
-                && !self.lease_expiration_enabled(now),
+            self_preservation_active: self.self_preservation_active(now),
             delta_queue,
             apps_hashcode,
         }
@@ -794,6 +864,7 @@ impl Registry {
         journal.counts[slot.info.status.index()] -= 1;
         journal.instances -= 1;
         journal.expected_milli -= slot.expected_milli;
+        self.metrics.instances.decrement(1.0);
         if entry.instances.is_empty() {
             self.apps
                 .remove_if(&info.app, |_, e| e.instances.is_empty());
@@ -871,6 +942,20 @@ impl Registry {
             apps.apps_hashcode = apps.reconcile_hashcode();
         }
         apps
+    }
+}
+
+impl Drop for Registry {
+    /// Takes this registry out of the process's gauges (they add up over the
+    /// registries of one process).
+    fn drop(&mut self) {
+        let instances = self.journal.get_mut().instances;
+        if instances > 0 {
+            self.metrics.instances.decrement(instances as f64);
+        }
+        if *self.preserving.get_mut() {
+            self.metrics.self_preservation.decrement(1.0);
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::codec::{self, Format, write_instance_json, write_json_string};
 use crate::config::bad;
 use crate::error::{Error, Result};
+use crate::metrics::PeerMetrics;
 use crate::model::{InstanceInfo, LeaseInfo, Millis, Status};
 use crate::registry::{Registry, Renewal};
 use crate::server::{REPLICATION_HEADER, ServerConfig};
@@ -169,6 +170,7 @@ struct Peer {
     url: String,
     tx: Mutex<Option<mpsc::Sender<(Instant, Task)>>>,
     dropped: AtomicU64,
+    metrics: PeerMetrics,
 }
 
 /// Per-peer queues and the workers that drain them.
@@ -191,6 +193,7 @@ impl Replicator {
         for url in urls {
             let (tx, rx) = mpsc::channel(cfg.replication_queue);
             let peer = Arc::new(Peer {
+                metrics: PeerMetrics::new(&url),
                 url,
                 tx: Mutex::new(Some(tx)),
                 dropped: AtomicU64::new(0),
@@ -222,10 +225,11 @@ impl Replicator {
                 p.tx.lock()
                     .as_ref()
                     .map(|tx| tx.try_send((now, task.clone())));
-            if let Some(Err(mpsc::error::TrySendError::Full(_))) = sent
-                && p.dropped.fetch_add(1, Ordering::Relaxed) % 1000 == 0
-            {
-                tracing::warn!("replication queue to {} is full; dropping tasks", p.url);
+            if let Some(Err(mpsc::error::TrySendError::Full(_))) = sent {
+                p.metrics.queue_full.increment(1);
+                if p.dropped.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                    tracing::warn!("replication queue to {} is full; dropping tasks", p.url);
+                }
             }
         }
     }
@@ -281,20 +285,29 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            self.peer.metrics.pending.set(self.rx.len() as f64);
             let mut backoff = Duration::from_millis(50);
             loop {
+                let before = batch.len();
                 batch.retain(|(at, t)| {
                     !matches!(t, Task::Heartbeat { .. }) || at.elapsed() < HEARTBEAT_MAX_AGE
                 });
+                self.peer
+                    .metrics
+                    .expired
+                    .increment((before - batch.len()) as u64);
                 if batch.is_empty() {
                     break;
                 }
                 match self.send(&url, &batch).await {
                     Ok(answers) => {
+                        self.peer.metrics.batches.increment(1);
+                        self.peer.metrics.tasks.increment(batch.len() as u64);
                         self.handle(&batch, &answers);
                         break;
                     }
                     Err(e) => {
+                        self.peer.metrics.failures.increment(1);
                         tracing::debug!(
                             "replication to {} failed, retrying in {backoff:?}: {e}",
                             self.peer.url
@@ -456,7 +469,9 @@ fn apply_one(
             Renewal::ClientNewer => Ok((404, None)),
             Renewal::ServerNewer(info) => Ok((409, Some(info))),
         },
-        "Cancel" => registry.cancel(&app, &id, now).map(|()| (200, None)),
+        "Cancel" => registry
+            .cancel_from(&app, &id, true, now)
+            .map(|()| (200, None)),
         "StatusUpdate" => {
             let status = status.ok_or(Error::MissingField("status"))?;
             registry

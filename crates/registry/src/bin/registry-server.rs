@@ -2,10 +2,14 @@
 //!
 //! ```text
 //! registry-server --port 8761 [--peers http://127.0.0.1:8762/eureka/v2,...] [--eviction-interval 5s]
+//!                 [--metrics-addr 127.0.0.1:9761]
 //! ```
 //!
 //! Prints `registry-server listening on http://ADDR` once it serves; SIGTERM or Ctrl-C
 //! stops it cleanly (in-flight requests finish, replication queues drain) with exit 0.
+//! With `--metrics-addr` it serves the `registry_*` metrics (see `registry::metrics`)
+//! for Prometheus at `http://ADDR/metrics`, and prints `registry-server metrics on
+//! http://ADDR/metrics` next.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -49,6 +53,9 @@ struct Args {
     /// How long shutdown waits for in-flight requests and replication.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     shutdown_grace: Duration,
+    /// Serve the `registry_*` metrics for Prometheus on this address (e.g. 127.0.0.1:9761).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -98,6 +105,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> registry::Result<()> {
+    // Before the server: the registry registers its metric handles when built.
+    if let Some(addr) = args.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| std::io::Error::other(format!("metrics endpoint on {addr}: {e}")))?;
+    }
     let mut cfg = ServerConfig {
         bind: SocketAddr::new(args.bind, args.port),
         peers: args
@@ -119,6 +133,9 @@ async fn run(args: Args) -> registry::Result<()> {
         "registry-server listening on http://{}",
         server.local_addr()
     );
+    if let Some(addr) = args.metrics_addr {
+        println!("registry-server metrics on http://{addr}/metrics");
+    }
     wait_for_signal().await;
     eprintln!("registry-server: shutting down");
     server.shutdown(args.shutdown_grace).await?;

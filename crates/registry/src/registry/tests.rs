@@ -130,6 +130,55 @@ fn self_preservation_holds_evictions_and_expected_renews_fall_on_cancel_and_evic
 }
 
 #[test]
+fn metrics_follow_registrations_renewals_cancels_evictions_and_self_preservation() {
+    use crate::metrics::{
+        CANCELS, EVICTIONS, INSTANCES, REGISTRATIONS, RENEWALS, SELF_PRESERVATION,
+    };
+    let recorder = testkit::TestRecorder::new();
+    let r = recorder.scope(|| reg(true));
+    let (client, peer) = ([("origin", "client")], [("origin", "peer")]);
+    for n in 0..9 {
+        r.register(inst("a", &format!("a{n}")), false, T0).unwrap();
+    }
+    r.register(inst("a", "a9"), true, T0).unwrap();
+    r.register(inst("a", "a9"), true, T0).unwrap(); // a re-registration is no new instance
+    assert_eq!(recorder.counter(REGISTRATIONS, &client), 9);
+    assert_eq!(recorder.counter(REGISTRATIONS, &peer), 2);
+    assert_eq!(recorder.gauge(INSTANCES, &[]), Some(10.0));
+    assert!(r.stats(T0).self_preservation_active);
+    assert_eq!(recorder.gauge(SELF_PRESERVATION, &[]), Some(1.0));
+    assert!(r.evict(T0 + 200_000, 0).self_preservation);
+    assert_eq!(recorder.counter(EVICTIONS, &[]), 0);
+
+    for n in 0..4 {
+        r.cancel("A", &format!("a{n}"), T0).unwrap();
+    }
+    r.cancel_from("A", "a4", true, T0).unwrap();
+    assert!(r.cancel("A", "a4", T0).is_err(), "not counted twice");
+    assert_eq!(recorder.counter(CANCELS, &client), 4);
+    assert_eq!(recorder.counter(CANCELS, &peer), 1);
+    assert_eq!(recorder.gauge(INSTANCES, &[]), Some(5.0));
+
+    // Renewals beat the threshold again: one expired lease is evicted.
+    let now = T0 + 200_000;
+    for k in 0..8 {
+        let _ = r.renew("A", "a9", None, false, now - 1_000 - k).unwrap();
+    }
+    let _ = r.renew("A", "a9", None, true, now - 1_000).unwrap();
+    assert_eq!(recorder.counter(RENEWALS, &client), 8);
+    assert_eq!(recorder.counter(RENEWALS, &peer), 1);
+    let evicted = r.evict(now, 0).evicted;
+    assert_eq!(evicted.len(), 1);
+    assert_eq!(recorder.counter(EVICTIONS, &[]), 1);
+    assert_eq!(recorder.gauge(SELF_PRESERVATION, &[]), Some(0.0));
+    assert_eq!(recorder.gauge(INSTANCES, &[]), Some(4.0));
+
+    // A dropped registry leaves the process's gauges.
+    drop(r);
+    assert_eq!(recorder.gauge(INSTANCES, &[]), Some(0.0));
+}
+
+#[test]
 fn expected_renews_follow_each_clients_interval() {
     let r = reg(true);
     let mut fast = inst("a", "fast");

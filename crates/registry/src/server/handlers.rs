@@ -124,6 +124,7 @@ fn instance_body(inst: &Instance, format: Format) -> Response {
 pub(super) async fn all_apps(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
     let format = format_of(&headers);
     Counters::bump(&node.counters.full_fetches);
+    node.metrics.full_fetches.increment(1);
     let p = node.cache.full(&node, format).await;
     respond(p, format, &headers).await
 }
@@ -140,6 +141,7 @@ pub(super) async fn delta(
 ) -> ApiResult {
     let format = format_of(&headers);
     Counters::bump(&node.counters.delta_fetches);
+    node.metrics.delta_fetches.increment(1);
     let since: Option<u64> = match q.get("version") {
         Some(v) => Some(
             v.trim()
@@ -325,9 +327,10 @@ pub(super) async fn cancel(
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    node.registry.cancel(&app, &id, node.now())?;
+    let repl = is_replication(&headers);
+    node.registry.cancel_from(&app, &id, repl, node.now())?;
     Counters::bump(&node.counters.cancels);
-    if !is_replication(&headers) {
+    if !repl {
         replicate(
             &node,
             &Task::Cancel {

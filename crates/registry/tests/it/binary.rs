@@ -53,11 +53,43 @@ fn sigterm(child: &Child) {
     assert!(ok, "kill -TERM {pid}");
 }
 
+/// A loopback port nobody listens on right now.
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port().to_string()
+}
+
+/// The value of one sample of a Prometheus text page (`name{labels}` as written).
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 #[tokio::test]
 async fn serves_replicates_and_shuts_down_cleanly_on_sigterm() {
-    let (mut a, url_a, out_a) = spawn(&["--port", "0", "--eviction-interval", "500ms"]).await;
-    let (mut b, url_b, out_b) =
-        spawn(&["--port", "0", "--peers", &format!("{url_a}/eureka/v2")]).await;
+    let (metrics_a, metrics_b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (mut a, url_a, out_a) = spawn(&[
+        "--port",
+        "0",
+        "--eviction-interval",
+        "500ms",
+        "--metrics-addr",
+        &metrics_a,
+    ])
+    .await;
+    let peer_a = format!("{url_a}/eureka/v2");
+    let (mut b, url_b, out_b) = spawn(&[
+        "--port",
+        "0",
+        "--peers",
+        &peer_a,
+        "--metrics-addr",
+        &metrics_b,
+    ])
+    .await;
     assert_eq!(
         register(&format!("{url_b}/eureka/v2"), "BIN", "b1")
             .await
@@ -70,6 +102,32 @@ async fn serves_replicates_and_shuts_down_cleanly_on_sigterm() {
         Duration::from_secs(15),
         "registration replicated from B to A",
         || async { http().get(&url).send().await.unwrap().status() == 200 },
+    )
+    .await;
+    // Both nodes count it through their Prometheus endpoints: B's client
+    // registration, its batch to A, and A's replicated registration.
+    let scrape = |addr: &str| {
+        let url = format!("http://{addr}/metrics");
+        async move { http().get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let page_b = scrape(&metrics_b).await;
+    let registered = "registry_registrations_total{origin=\"client\"}";
+    assert_eq!(sample(&page_b, registered), Some(1.0), "{page_b}");
+    assert_eq!(sample(&page_b, "registry_instances"), Some(1.0), "{page_b}");
+    // B counts the batch once A's answer is back, maybe after A serves the record.
+    let batches = format!("registry_replication_batches_total{{peer=\"{peer_a}\"}}");
+    eventually(
+        Duration::from_secs(15),
+        "B to count its batch to A",
+        || async { sample(&scrape(&metrics_b).await, &batches).is_some_and(|n| n >= 1.0) },
+    )
+    .await;
+    // A counts right after the record becomes visible.
+    let replicated = "registry_registrations_total{origin=\"peer\"}";
+    eventually(
+        Duration::from_secs(15),
+        "A to count the replicated registration",
+        || async { sample(&scrape(&metrics_a).await, replicated) == Some(1.0) },
     )
     .await;
     // A long poll in flight must not hold the shutdown back.
@@ -89,8 +147,14 @@ async fn serves_replicates_and_shuts_down_cleanly_on_sigterm() {
             .unwrap();
         assert!(status.success(), "exit status {status}");
     }
-    for out in [out_a, out_b] {
-        assert_eq!(out.await.unwrap(), ["registry-server stopped"]);
+    for (out, metrics) in [(out_a, metrics_a), (out_b, metrics_b)] {
+        assert_eq!(
+            out.await.unwrap(),
+            [
+                format!("registry-server metrics on http://{metrics}/metrics"),
+                "registry-server stopped".to_owned()
+            ]
+        );
     }
     assert_eq!(poll.await.unwrap().unwrap().status(), 200);
 }
@@ -104,6 +168,7 @@ async fn bad_arguments_fail_with_a_message() {
         vec!["--port", "0", "--renewal-percent-threshold", "2"],
         vec!["--port", "0", "--eviction-interval", "999999999999999999m"],
         vec!["--port", "0", "--delta-retention", "18446744073709551615s"],
+        vec!["--port", "0", "--metrics-addr", "nowhere"],
     ] {
         let out = Command::new(BIN).args(&args).output().await.unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
