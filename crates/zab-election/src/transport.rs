@@ -7,7 +7,9 @@
 //!   servers connect at the same time, the connection opened by the larger
 //!   id is the one that survives.
 //! * **Reconnects**: a server keeps dialling its smaller peers while it has
-//!   no connection to them, backing off from 20 ms to 1 s.
+//!   no connection to them, backing off from 20 ms to 1 s; the backoff
+//!   starts over only once a connection has carried a frame, so a peer that
+//!   accepts and hangs up is not redialled in a tight loop.
 //! * **Framing**: a big-endian `u32` length, then a payload that starts with
 //!   the wire version ([`crate::WIRE_VERSION`]). The first frame of a
 //!   connection is a hello carrying the dialler's id.
@@ -392,12 +394,13 @@ impl Manager {
                     outbound,
                 } => self.up(peer, stream, outbound),
                 Internal::Frame { peer, conn, msg } => {
-                    if self
-                        .links
-                        .get(&peer)
-                        .and_then(|l| l.conn.as_ref())
-                        .is_some_and(|(c, _)| *c == conn)
-                    {
+                    let min = self.config.reconnect_min;
+                    let Some(link) = self.links.get_mut(&peer) else {
+                        continue;
+                    };
+                    if link.conn.as_ref().is_some_and(|(c, _)| *c == conn) {
+                        // The connection works: the next reconnect is quick.
+                        link.backoff = min;
                         let _ = self
                             .events
                             .send(TransportEvent::Message { from: peer, msg });
@@ -484,7 +487,6 @@ impl Manager {
 
     fn dial_failed(&mut self, peer: ServerId) {
         let me = self.config.id;
-        let max = self.config.reconnect_max;
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
@@ -494,17 +496,30 @@ impl Manager {
         }
         // Retry after a backoff: always for smaller peers (we own the
         // connection), for larger ones only while messages wait.
-        let delay = link.backoff;
-        link.backoff = (link.backoff * 2).min(max);
         if peer < me || !link.queue.is_empty() {
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = tx.send(InternalBox(Internal::Dial(peer)));
-            });
+            self.redial_later(peer);
         } else {
             link.dialing = false;
         }
+    }
+
+    /// Dials `peer` again after its backoff, which doubles up to
+    /// `reconnect_max` and drops back to `reconnect_min` only once a
+    /// connection has carried a frame: a peer that accepts and hangs up at
+    /// once is not redialled in a tight loop.
+    fn redial_later(&mut self, peer: ServerId) {
+        let max = self.config.reconnect_max;
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        link.dialing = true;
+        let delay = link.backoff;
+        link.backoff = (link.backoff * 2).min(max);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(InternalBox(Internal::Dial(peer)));
+        });
     }
 
     fn up(&mut self, peer: ServerId, stream: TcpStream, outbound: bool) {
@@ -522,7 +537,6 @@ impl Manager {
         // Replacing the sender closes the old writer, which ends the old
         // connection; its reader's close is then ignored (stale id).
         link.conn = Some((conn, wtx.clone()));
-        link.backoff = self.config.reconnect_min;
         tokio::spawn(async move {
             while let Some(frame) = wrx.recv().await {
                 if write.write_all(&frame).await.is_err() {
@@ -589,9 +603,10 @@ impl Manager {
             return;
         }
         link.conn = None;
+        let redial = peer < self.config.id && !link.dialing;
         let _ = self.events.send(TransportEvent::Disconnected(peer));
-        if peer < self.config.id {
-            self.dial(peer);
+        if redial {
+            self.redial_later(peer);
         }
     }
 }

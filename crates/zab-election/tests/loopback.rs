@@ -365,3 +365,26 @@ async fn malformed_and_oversized_frames_are_rejected() {
         TransportEvent::Rejected { from: None, .. }
     ));
 }
+
+/// A peer that accepts and hangs up at once (a foreign server, or one
+/// configured without our id) is redialled with a growing backoff, not in
+/// a tight loop: from 20 ms doubling, 700 ms allow about six dials.
+#[tokio::test]
+async fn a_peer_that_hangs_up_is_redialled_with_backoff() {
+    let hang_up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let smaller = hang_up.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = hang_up.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let p = free_ports(1);
+    let cfg = TransportConfig::new(2, addr(p[0]), BTreeMap::from([(1, smaller)]));
+    let _t = Transport::bind(cfg).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=12).contains(&n), "{n} connections in 700 ms");
+}
