@@ -20,6 +20,10 @@
 //!   wait while it is unreachable, the oldest dropped first; when a new
 //!   connection comes up and nothing waits, the last message sent is sent
 //!   again (it may have died with the old connection), as ZooKeeper does.
+//!   Up to 1024 frames wait for a connected peer's socket; once a peer
+//!   stops reading and its socket buffers and those frames are full,
+//!   further messages to it are dropped, so a stalled peer costs bounded
+//!   memory.
 //!
 //! Messages may thus be lost or duplicated, and never reordered on one
 //! connection; the election tolerates loss and duplication.
@@ -39,6 +43,10 @@ use crate::types::ServerId;
 
 const KIND_HELLO: u8 = 0;
 
+/// Frames that may wait for one connection's socket: enough for any burst
+/// of election traffic, and a bound on what a peer that stops reading costs.
+const WRITE_BACKLOG: usize = 1024;
+
 /// Where this server listens and where its peers are.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -50,7 +58,7 @@ pub struct TransportConfig {
     pub peers: BTreeMap<ServerId, SocketAddr>,
     /// The largest payload accepted (default 4096 bytes).
     pub max_frame: usize,
-    /// Messages kept per unreachable peer (default 16).
+    /// Messages kept per unreachable peer (default 16, at most 1024).
     pub queue_capacity: usize,
     /// First reconnect delay (default 20 ms); it doubles up to `reconnect_max`.
     pub reconnect_min: Duration,
@@ -93,8 +101,12 @@ impl TransportConfig {
                 "must hold the largest message",
             );
         }
-        if self.queue_capacity == 0 {
-            return bad("queue_capacity", "0".into(), "must be at least 1");
+        if self.queue_capacity == 0 || self.queue_capacity > WRITE_BACKLOG {
+            return bad(
+                "queue_capacity",
+                self.queue_capacity.to_string(),
+                "must be between 1 and 1024",
+            );
         }
         if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {
             return bad(
@@ -329,7 +341,7 @@ async fn accept_loop(
 }
 
 struct Link {
-    conn: Option<(u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    conn: Option<(u64, mpsc::Sender<Vec<u8>>)>,
     queue: VecDeque<Message>,
     last_sent: Option<Message>,
     dialing: bool,
@@ -429,10 +441,18 @@ impl Manager {
             return;
         };
         link.last_sent = Some(msg);
-        if let Some((_, w)) = &link.conn
-            && w.send(msg.to_frame()).is_ok()
-        {
-            return;
+        if let Some((_, w)) = &link.conn {
+            match w.try_send(msg.to_frame()) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The peer has stopped reading: its socket buffer and
+                    // the writer's queue are full. Lose the message rather
+                    // than hold an ever longer backlog for it.
+                    tracing::debug!(peer = to, "peer not reading: message dropped");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
         }
         if link.queue.len() >= self.config.queue_capacity {
             link.queue.pop_front();
@@ -533,7 +553,7 @@ impl Manager {
         let conn = self.next_conn;
         let replaced = link.conn.is_some();
         let (read, mut write) = stream.into_split();
-        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(WRITE_BACKLOG);
         // Replacing the sender closes the old writer, which ends the old
         // connection; its reader's close is then ignored (stale id).
         link.conn = Some((conn, wtx.clone()));
@@ -586,7 +606,8 @@ impl Manager {
             pending.extend(link.last_sent);
         }
         for m in pending {
-            let _ = wtx.send(m.to_frame());
+            // Fewer than WRITE_BACKLOG (queue_capacity is bounded below it).
+            let _ = wtx.try_send(m.to_frame());
         }
         if !replaced {
             let _ = self

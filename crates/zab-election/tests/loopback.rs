@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zab_election::transport::{Transport, TransportConfig, TransportEvent};
 use zab_election::{Message, Notification, ServerState, Vote};
 
@@ -387,4 +387,55 @@ async fn a_peer_that_hangs_up_is_redialled_with_backoff() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
     assert!((2..=12).contains(&n), "{n} connections in 700 ms");
+}
+
+/// A connected peer that stops reading costs bounded memory: once its
+/// socket buffers and the 1024 frames waiting for them are full, further
+/// messages to it are dropped instead of piling up, so after it reads again
+/// it receives far fewer than were sent (all of them before the bound).
+#[tokio::test]
+async fn a_peer_that_stops_reading_does_not_pile_up_messages() {
+    // Server 1, smaller, so server 2 dials it; tiny receive buffers.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind(addr(0)).unwrap();
+    let listener = socket.listen(8).unwrap();
+    let one = listener.local_addr().unwrap();
+    let p = free_ports(1);
+    let mut t = Transport::bind(TransportConfig::new(
+        2,
+        addr(p[0]),
+        BTreeMap::from([(1, one)]),
+    ))
+    .await
+    .unwrap();
+    let (mut stream, _) = listener.accept().await.unwrap();
+    assert_eq!(
+        next(&mut t).await,
+        TransportEvent::Connected {
+            peer: 1,
+            outbound: true
+        }
+    );
+    // While 1 reads nothing, 2 sends 18 MB: far more than the socket
+    // buffers hold (Linux caps the send buffer at 4 MB by default).
+    let sent = 400_000;
+    for round in 0..sent {
+        t.send(1, note(round as u64));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut bytes = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await
+    {
+        if n == 0 {
+            break;
+        }
+        bytes += n;
+    }
+    // The hello, then frames of one size.
+    let received = (bytes - 14) / note(0).to_frame().len();
+    println!("{received} of {sent} messages arrived");
+    assert!(received < sent / 2, "{received} of {sent} messages arrived");
 }
