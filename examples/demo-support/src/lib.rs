@@ -6,7 +6,9 @@
 //! * [`Phase`] and [`counter_bar`]: `indicatif` progress bars for the long
 //!   phases (hidden when stderr is not a terminal);
 //! * [`MetricsEndpoint`]: the `metrics` recorder behind a Prometheus
-//!   endpoint, scraped at the end to print the key counters;
+//!   endpoint, scraped at the end to print the key counters; [`scrape`],
+//!   [`print_samples`] and [`metric_sum`] read any Prometheus endpoint (a
+//!   helper process's too);
 //! * [`Process`]: a child process (a `registry-server`, a `zab-node`, an
 //!   instance of the app itself) whose stdout lines are read as they come
 //!   and whose stderr goes to the log;
@@ -37,7 +39,7 @@ mod process;
 mod promises;
 
 pub use logging::{Phase, counter_bar, demo_setting, init_logging};
-pub use metrics_endpoint::MetricsEndpoint;
+pub use metrics_endpoint::{MetricsEndpoint, metric_sum, print_samples, scrape};
 pub use process::{Process, free_port, free_ports, helper_binary};
 pub use promises::{Promises, exit_code};
 

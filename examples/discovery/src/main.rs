@@ -33,7 +33,13 @@
 //!
 //! Run it with `cargo xtask demo discovery`, or build `registry-server` and
 //! this binary in release and run `target/release/discovery`.
-//! Metrics (`discovery_*`) are served for Prometheus at the printed URL.
+//! Each registry node serves its own metrics (`registry_*`: registrations,
+//! renewals and cancels by origin, evictions, instances, replication) for
+//! Prometheus (`registry-server --metrics-addr`); the scenario reads every
+//! node's `registry_evictions_total` to check that only the dead instance was
+//! evicted, and prints each node's counters at the end. The storefront's own
+//! metrics (`discovery_*`: calls, failures, retries) are served at the
+//! printed URL.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -45,7 +51,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use demo_support::{
-    MetricsEndpoint, Phase, Process, Promises, demo_setting, free_ports, helper_binary, thousands,
+    MetricsEndpoint, Phase, Process, Promises, demo_setting, free_ports, helper_binary, metric_sum,
+    print_samples, scrape, thousands,
 };
 use registry::{ClientConfig, InstanceInfo, RegistryClient};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -210,9 +217,6 @@ async fn scenario(args: Args) -> Result<ExitCode> {
         for (i, view) in views.iter().enumerate() {
             if evicted[i].is_none() && !listed(view, VICTIM) {
                 evicted[i] = Some(killed.elapsed());
-                // The registry has no metrics of its own: count what we saw.
-                metrics::counter!("discovery_evictions_seen_total", "node" => (i + 1).to_string())
-                    .increment(1);
                 info!(
                     "node {} evicted {VICTIM} {:.2} s after the kill",
                     i + 1,
@@ -241,6 +245,12 @@ async fn scenario(args: Args) -> Result<ExitCode> {
         .iter()
         .filter(|v| survivors.iter().all(|id| listed(v, id)))
         .count();
+    // What each node itself counted, from its Prometheus endpoint.
+    let mut node_evictions = Vec::new();
+    for n in &nodes {
+        let page = scrape(n.metrics_addr).await?;
+        node_evictions.push(metric_sum(&page, "registry_evictions_total").unwrap_or(0.0) as u64);
+    }
 
     let secs: Vec<f64> = evicted
         .iter()
@@ -276,10 +286,16 @@ async fn scenario(args: Args) -> Result<ExitCode> {
     promises.check(
         "only the dead instance is evicted",
         format!(
-            "{} live instances still listed on {kept} of {NODES} nodes",
-            survivors.len()
+            "{} live instances still listed on {kept} of {NODES} nodes; \
+             registry_evictions_total per node: {}",
+            survivors.len(),
+            node_evictions
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
-        kept == NODES,
+        kept == NODES && node_evictions.iter().all(|&n| n == 1),
     );
     let node1_evicted = evicted[0].map(|d| d.as_secs_f64());
     promises.check(
@@ -354,6 +370,26 @@ async fn scenario(args: Args) -> Result<ExitCode> {
     );
 
     println!("dashboard: {}/", nodes[0].base_url);
+    for n in &nodes {
+        let page = scrape(n.metrics_addr).await?;
+        print_samples(
+            &format!(
+                "registry node {} metrics (scraped from http://{}/metrics)",
+                n.index + 1,
+                n.metrics_addr
+            ),
+            &page,
+            &[
+                "registry_registrations_total",
+                "registry_renewals_total",
+                "registry_cancels_total",
+                "registry_evictions_total",
+                "registry_instances",
+                "registry_self_preservation",
+                "registry_replication_",
+            ],
+        );
+    }
     metrics.print_key_metrics(&["discovery_"]).await?;
     storefront.shutdown().await.ok();
     for v in &views {
@@ -370,16 +406,20 @@ struct Node {
     index: usize,
     base_url: String,
     service_url: String,
+    /// Where it serves its `registry_*` metrics for Prometheus.
+    metrics_addr: SocketAddr,
     process: Process,
 }
 
 /// Starts the nodes one after the other (each copies the registry from a
 /// peer that already serves, as a restarted node would).
 async fn start_nodes(binary: &std::path::Path, eviction: Duration) -> Result<Vec<Node>> {
-    let ports = free_ports(NODES)?;
+    let all = free_ports(2 * NODES)?;
+    let (ports, metrics_ports) = all.split_at(NODES);
     let url = |p: u16| format!("http://127.0.0.1:{p}/eureka/v2");
     let mut nodes = Vec::new();
     for (index, &port) in ports.iter().enumerate() {
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], metrics_ports[index]));
         let peers: Vec<String> = ports
             .iter()
             .filter(|&&p| p != port)
@@ -393,6 +433,7 @@ async fn start_nodes(binary: &std::path::Path, eviction: Duration) -> Result<Vec
                 &format!("{}ms", eviction.as_millis()),
             ])
             .arg("--no-self-preservation")
+            .args(["--metrics-addr", &metrics_addr.to_string()])
             .env("RUST_LOG", "warn");
         let mut process = Process::spawn(format!("registry-{}", index + 1), cmd)?;
         let line = process
@@ -408,6 +449,7 @@ async fn start_nodes(binary: &std::path::Path, eviction: Duration) -> Result<Vec
             index,
             service_url: format!("{base_url}/eureka/v2"),
             base_url,
+            metrics_addr,
             process,
         });
     }
