@@ -283,64 +283,63 @@ fn words(out: &mut Vec<u8>, kind: u8, ws: &[u64]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn arb_message() -> impl Strategy<Value = Message> {
+    /// A field value, biased to the edges where arithmetic overflows.
+    fn word() -> impl Strategy<Value = u64> {
+        prop_oneof![any::<u64>(), 0..4u64, (u64::MAX - 3)..=u64::MAX]
+    }
+
+    /// Any message, with every field drawn from [`word`].
+    pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
         let state = prop_oneof![
             Just(ServerState::Looking),
             Just(ServerState::Following),
             Just(ServerState::Leading),
             Just(ServerState::Observing)
         ];
-        let n = (
-            state,
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
-        )
-            .prop_map(|(state, l, z, r, e)| {
-                Message::Notification(Notification {
-                    state,
-                    vote: Vote::new(l, z, e),
-                    round: r,
-                })
-            });
-        let w = prop::array::uniform5(any::<u64>());
+        let n = (state, word(), word(), word(), word()).prop_map(|(state, l, z, r, e)| {
+            Message::Notification(Notification {
+                state,
+                vote: Vote::new(l, z, e),
+                round: r,
+            })
+        });
+        let w = || prop::array::uniform5(word());
         prop_oneof![
             n,
-            w.prop_map(|w| Message::FollowerInfo {
+            w().prop_map(|w| Message::FollowerInfo {
                 leader: w[0],
                 session: w[1],
                 accepted_epoch: w[2],
                 current_epoch: w[3],
                 zxid: w[4]
             }),
-            w.prop_map(|w| Message::LeaderInfo {
+            w().prop_map(|w| Message::LeaderInfo {
                 session: w[0],
                 epoch: w[1]
             }),
-            w.prop_map(|w| Message::AckEpoch {
+            w().prop_map(|w| Message::AckEpoch {
                 session: w[0],
                 epoch: w[1],
                 current_epoch: w[2],
                 zxid: w[3]
             }),
-            w.prop_map(|w| Message::NewLeader {
+            w().prop_map(|w| Message::NewLeader {
                 session: w[0],
                 epoch: w[1]
             }),
-            w.prop_map(|w| Message::AckNewLeader {
+            w().prop_map(|w| Message::AckNewLeader {
                 session: w[0],
                 epoch: w[1]
             }),
-            w.prop_map(|w| Message::Ping {
+            w().prop_map(|w| Message::Ping {
                 session: w[0],
                 epoch: w[1]
             }),
-            w.prop_map(|w| Message::PingAck {
+            w().prop_map(|w| Message::PingAck {
                 session: w[0],
                 epoch: w[1]
             }),

@@ -548,7 +548,9 @@ impl<Q: QuorumVerifier> Peer<Q> {
         self.lead = None;
         self.follow = None;
         self.early.clear();
-        self.logical_clock += 1;
+        // Rounds are adopted from the wire, so a corrupt notification can
+        // carry u64::MAX: stay there rather than overflow.
+        self.logical_clock = self.logical_clock.saturating_add(1);
         let (init, bottom) = self.init_vote();
         self.proposal = init;
         self.proposal_is_bottom = bottom;
@@ -1776,6 +1778,30 @@ mod tests {
             p.step(1, note(ServerState::Looking, 1, 0, 1, 0)),
             Err(Error::MessageFromSelf { id: 1 })
         ));
+    }
+
+    proptest::proptest! {
+        /// Whatever members send, with any field values (round and epochs
+        /// at `u64::MAX` included), in any order and at any pace, a peer
+        /// neither panics nor stops having a next deadline.
+        #[test]
+        fn arbitrary_messages_never_panic(
+            inputs in proptest::collection::vec(
+                (2..=3u64, crate::message::tests::arb_message(), 0..3_000u64),
+                0..40,
+            )
+        ) {
+            let mut p = peer(1, 3, Persistent::default());
+            let mut now = Duration::ZERO;
+            for (from, msg, wait_ms) in inputs {
+                now += Duration::from_millis(wait_ms);
+                p.tick(now);
+                p.step(from, msg).unwrap();
+                p.peer_disconnected(from ^ 1);
+                drain(&mut p);
+                proptest::prop_assert!(p.next_deadline().is_some());
+            }
+        }
     }
 
     #[test]
