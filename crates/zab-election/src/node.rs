@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::peer::{Event, Peer, Persistent};
-use crate::quorum::Quorum;
+use crate::quorum::{Quorum, QuorumVerifier};
 use crate::transport::{Transport, TransportConfig, TransportEvent};
 
 /// Everything a node needs.
@@ -35,6 +35,53 @@ pub struct NodeConfig {
     /// Where `acceptedEpoch` and `currentEpoch` live; `None` keeps them in
     /// memory only (a restarted node then starts from `disk` again).
     pub data_dir: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    /// Checks each part and that they agree: the election and transport
+    /// configs are valid and name the same server, this server is a member
+    /// of the quorum, every other voter has an address and every address
+    /// belongs to a member. The error names the first bad field and value.
+    pub fn validate(&self) -> Result<()> {
+        self.election.validate()?;
+        let id = self.election.id;
+        if self.transport.id != id {
+            return Err(Error::invalid(
+                "transport.id",
+                self.transport.id.to_string(),
+                "must equal election.id",
+            ));
+        }
+        self.transport.validate()?;
+        if !self.quorum.is_member(id) {
+            return Err(Error::NotAMember { id });
+        }
+        if let Some(peer) = self
+            .transport
+            .peers
+            .keys()
+            .find(|&&p| !self.quorum.is_member(p))
+        {
+            return Err(Error::invalid(
+                "transport.peers",
+                peer.to_string(),
+                "is not a member of the quorum",
+            ));
+        }
+        if let Some(voter) = self
+            .quorum
+            .voters()
+            .into_iter()
+            .find(|v| *v != id && !self.transport.peers.contains_key(v))
+        {
+            return Err(Error::invalid(
+                "transport.peers",
+                voter.to_string(),
+                "is a voter without an address",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a node reports.
@@ -66,15 +113,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// Binds the transport and starts the election.
+    /// Validates the config, binds the transport and starts the election.
     pub async fn start(config: NodeConfig) -> Result<Node> {
-        if config.election.id != config.transport.id {
-            return Err(Error::InvalidConfig {
-                field: "transport.id",
-                value: config.transport.id.to_string(),
-                reason: "must equal election.id",
-            });
-        }
+        config.validate()?;
         let disk = match &config.data_dir {
             Some(dir) => load_epochs(dir, config.disk)?,
             None => config.disk,
@@ -235,6 +276,49 @@ pub fn save_epochs(dir: &Path, d: Persistent) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quorum::Majority;
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+
+    fn node_config(id: u64, peers: &[u64], voters: &[u64]) -> NodeConfig {
+        let addr = |i: u64| SocketAddr::from(([127, 0, 0, 1], 4000 + i as u16));
+        NodeConfig {
+            election: Config::new(id),
+            quorum: Quorum::Majority(Majority::new(voters.iter().copied()).unwrap()),
+            transport: TransportConfig::new(
+                id,
+                addr(id),
+                peers
+                    .iter()
+                    .map(|&p| (p, addr(p)))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            disk: Persistent::default(),
+            data_dir: None,
+        }
+    }
+
+    #[test]
+    fn node_config_parts_must_agree() {
+        node_config(1, &[2, 3], &[1, 2, 3]).validate().unwrap();
+        let mut c = node_config(1, &[2, 3], &[1, 2, 3]);
+        c.transport.id = 2;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("transport.id = 2"), "{e}");
+        let e = node_config(1, &[2], &[1, 2, 3]).validate().unwrap_err();
+        assert!(e.to_string().contains("transport.peers = 3"), "{e}");
+        let e = node_config(1, &[2, 3, 4], &[1, 2, 3])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("transport.peers = 4"), "{e}");
+        assert!(matches!(
+            node_config(4, &[1, 2, 3], &[1, 2, 3]).validate(),
+            Err(Error::NotAMember { id: 4 })
+        ));
+        let mut c = node_config(1, &[2, 3], &[1, 2, 3]);
+        c.election.sync_limit = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("sync_limit"));
+    }
 
     #[test]
     fn epoch_files_round_trip_and_reject_garbage() {
