@@ -43,6 +43,11 @@ use crate::types::ServerId;
 
 const KIND_HELLO: u8 = 0;
 
+/// The largest `max_frame` a config may ask for.
+const MAX_FRAME_LIMIT: usize = 1 << 20;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
 /// Frames that may wait for one connection's socket: enough for any burst
 /// of election traffic, and a bound on what a peer that stops reading costs.
 const WRITE_BACKLOG: usize = 1024;
@@ -56,15 +61,15 @@ pub struct TransportConfig {
     pub listen: SocketAddr,
     /// Every other server's address.
     pub peers: BTreeMap<ServerId, SocketAddr>,
-    /// The largest payload accepted (default 4096 bytes).
+    /// The largest payload accepted (default 4096 bytes, at most 1 MiB).
     pub max_frame: usize,
     /// Messages kept per unreachable peer (default 16, at most 1024).
     pub queue_capacity: usize,
     /// First reconnect delay (default 20 ms); it doubles up to `reconnect_max`.
     pub reconnect_min: Duration,
-    /// Longest reconnect delay (default 1 s).
+    /// Longest reconnect delay (default 1 s, at most an hour).
     pub reconnect_max: Duration,
-    /// How long a dial or a hello may take (default 2 s).
+    /// How long a dial or a hello may take (default 2 s, at most an hour).
     pub handshake_timeout: Duration,
 }
 
@@ -94,11 +99,13 @@ impl TransportConfig {
                 "must not contain this server's own id",
             );
         }
-        if self.max_frame < crate::message::MAX_MESSAGE_LEN {
+        // The frame buffer is allocated from the length a peer announces,
+        // up to this bound: keep it small.
+        if self.max_frame < crate::message::MAX_MESSAGE_LEN || self.max_frame > MAX_FRAME_LIMIT {
             return bad(
                 "max_frame",
                 self.max_frame.to_string(),
-                "must hold the largest message",
+                "must hold the largest message and be at most 1 MiB",
             );
         }
         if self.queue_capacity == 0 || self.queue_capacity > WRITE_BACKLOG {
@@ -108,11 +115,25 @@ impl TransportConfig {
                 "must be between 1 and 1024",
             );
         }
-        if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {
+        if self.reconnect_min.is_zero() {
+            return bad(
+                "reconnect_min",
+                format!("{:?}", self.reconnect_min),
+                "must be positive",
+            );
+        }
+        if self.reconnect_max < self.reconnect_min || self.reconnect_max > HOUR {
             return bad(
                 "reconnect_max",
                 format!("{:?}", self.reconnect_max),
-                "reconnect delays must be positive and max >= min",
+                "must be between reconnect_min and an hour",
+            );
+        }
+        if self.handshake_timeout.is_zero() || self.handshake_timeout > HOUR {
+            return bad(
+                "handshake_timeout",
+                format!("{:?}", self.handshake_timeout),
+                "must be positive and at most an hour",
             );
         }
         Ok(())
@@ -629,5 +650,41 @@ impl Manager {
         if redial {
             self.redial_later(peer);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_names_the_bad_field_and_value() {
+        let ok = TransportConfig::new(
+            1,
+            SocketAddr::from(([127, 0, 0, 1], 4001)),
+            BTreeMap::from([(2, SocketAddr::from(([127, 0, 0, 1], 4002)))]),
+        );
+        ok.validate().unwrap();
+        let check = |tweak: &dyn Fn(&mut TransportConfig), says: &str| {
+            let mut c = ok.clone();
+            tweak(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        };
+        check(&|c| c.max_frame = 8, "max_frame = 8");
+        check(&|c| c.max_frame = usize::MAX, "max_frame");
+        check(&|c| c.queue_capacity = 0, "queue_capacity = 0");
+        check(&|c| c.queue_capacity = 5000, "queue_capacity = 5000");
+        check(&|c| c.reconnect_min = Duration::ZERO, "reconnect_min = 0ns");
+        check(
+            &|c| c.reconnect_max = Duration::from_millis(1),
+            "reconnect_max = 1ms",
+        );
+        check(&|c| c.reconnect_max = Duration::MAX, "reconnect_max");
+        check(
+            &|c| c.handshake_timeout = Duration::ZERO,
+            "handshake_timeout = 0ns",
+        );
+        check(&|c| c.id = 2, "peers = 2");
     }
 }
