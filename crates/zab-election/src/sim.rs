@@ -498,11 +498,12 @@ impl Sim {
     /// Runs for `d` of simulated time.
     pub fn run_for(&mut self, d: Duration) {
         let end = self.now + d;
-        self.run_until(end, |_| false);
+        let _ = self.run_until(end, |_| false);
     }
 
     /// Runs until `stop(self)` holds (checked after every event) or time
     /// `end`; returns whether `stop` held.
+    #[must_use = "false means `stop` never held"]
     pub fn run_until(&mut self, end: Duration, mut stop: impl FnMut(&Sim) -> bool) -> bool {
         loop {
             if stop(self) {
@@ -542,6 +543,7 @@ impl Sim {
 
     /// Runs until every running server agrees on one established leader,
     /// for at most `limit`; returns how long it took.
+    #[must_use = "None means the ensemble did not stabilize in time"]
     pub fn run_until_stable(&mut self, limit: Duration) -> Option<Duration> {
         let start = self.now;
         self.run_until(start + limit, Sim::is_stable)
