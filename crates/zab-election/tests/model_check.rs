@@ -469,6 +469,23 @@ fn assert_safe(c: &impl Checker<ElectionModel>) {
     assert_holds(c, "learners agree with the established leader");
 }
 
+/// Some path reaches a state where every server serves one leader.
+fn assert_some_path_elects(c: &impl Checker<ElectionModel>) {
+    assert!(
+        c.discovery("a leader is established and followed by all")
+            .is_some(),
+        "no path elects a leader"
+    );
+}
+
+/// Every path elects, no round is split, and Zab's safety holds.
+fn assert_every_path_elects(c: &impl Checker<ElectionModel>) {
+    assert_holds(c, "every server serves one leader");
+    assert_holds(c, "fle: one leader concluded per round");
+    assert_safe(c);
+    assert_some_path_elects(c);
+}
+
 /// Messages faster than timers, no faults: every path, exhaustively, ends
 /// with every server serving one leader in round 1 and epoch 1 within eight
 /// timer firings (a path that does not is a dead end that fails
@@ -482,13 +499,7 @@ fn three_servers_synchronous_always_elect() {
     m.max_in_flight = usize::MAX;
     m.liveness_timeouts = Some(8);
     let c = exhaustive(m, "3 servers, synchronous, exhaustive");
-    assert_holds(&c, "every server serves one leader");
-    assert_holds(&c, "fle: one leader concluded per round");
-    assert_safe(&c);
-    assert!(
-        c.discovery("a leader is established and followed by all")
-            .is_some()
-    );
+    assert_every_path_elects(&c);
 }
 
 /// Five servers, synchronous: too many delivery orders to exhaust, so
@@ -503,13 +514,7 @@ fn five_servers_synchronous_elect() {
     m.max_in_flight = usize::MAX;
     m.liveness_timeouts = Some(12);
     let c = random_walks(m, "5 servers, synchronous, random walks", 100_000);
-    assert_holds(&c, "every server serves one leader");
-    assert_holds(&c, "fle: one leader concluded per round");
-    assert_safe(&c);
-    assert!(
-        c.discovery("a leader is established and followed by all")
-            .is_some()
-    );
+    assert_every_path_elects(&c);
 }
 
 /// Fast leader election on its own concludes different leaders in one
@@ -553,10 +558,7 @@ fn three_servers_exhaustive_lossy_duplicating() {
     m.max_in_flight = usize::MAX;
     let c = exhaustive(m, "3 servers, 2 messages lost or duplicated, exhaustive");
     assert_safe(&c);
-    assert!(
-        c.discovery("a leader is established and followed by all")
-            .is_some()
-    );
+    assert_some_path_elects(&c);
 }
 
 /// Three servers, exhaustively: any one server crashes at any point (its
@@ -579,10 +581,7 @@ fn three_servers_exhaustive_crash_and_restart() {
     }
     let c = exhaustive(m, what);
     assert_safe(&c);
-    assert!(
-        c.discovery("a leader is established and followed by all")
-            .is_some()
-    );
+    assert_some_path_elects(&c);
 }
 
 /// Three servers, any number of messages lost or duplicated, two crashes,
@@ -602,11 +601,7 @@ fn three_servers_lossy_duplicating_with_crashes() {
         400_000,
     );
     assert_safe(&c);
-    assert!(
-        c.discovery("a leader is established and followed by all")
-            .is_some(),
-        "an election can succeed"
-    );
+    assert_some_path_elects(&c);
 }
 
 /// Five servers, lossy and duplicating network with a crash, independent
