@@ -22,7 +22,8 @@ pub struct ReliabilityConfig {
     /// Persist the replay checkpoint after this many replayed confirms (and
     /// at the end of a replay). After a crash mid-replay, at most this many
     /// (plus the window) records are published again. Default 4096 (each
-    /// checkpoint costs two fsyncs).
+    /// checkpoint costs two fsyncs, on the blocking pool; the replay pauses
+    /// meanwhile).
     pub checkpoint_every: usize,
     /// Most spill appends awaiting their fsync at once while degraded
     /// (intake waits beyond). Default 8192.

@@ -8,6 +8,16 @@
 //! [`Link`] (send one message, report connection events): RabbitMQ and
 //! Kafka differ only there.
 //!
+//! # No blocking on the runtime's threads
+//!
+//! The actor never waits on the disk. Spill appends use the log's poll
+//! form: when its buffers are all being written, the record waits in
+//! `spill_queue` (in order, bounded by the window plus `spill_window`) and
+//! the log wakes the actor when there is room. Their durability is awaited
+//! as futures (`SpillFront`). The replay reader's file reads and checkpoint
+//! fsyncs run as jobs on tokio's blocking pool, one at a time (`ReplayIo`):
+//! a job reads a batch ahead while the actor publishes the previous one.
+//!
 //! # Confirm tracking
 //!
 //! Every message in flight owns one future that resolves to the broker's
@@ -24,7 +34,7 @@
 //! the end and applying returns before acks therefore never reports a
 //! returned message as confirmed.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +43,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -421,7 +431,12 @@ impl Wake for SlotWaker {
 
 enum Origin {
     Fresh(oneshot::Sender<Result<Receipt>>),
-    Replay { run: u64, idx: u64 },
+    /// Record `idx` of replay run `run`, at `pos` in the log.
+    Replay {
+        run: u64,
+        idx: u64,
+        pos: SpillPos,
+    },
 }
 
 struct Slot {
@@ -621,13 +636,133 @@ impl InFlight {
 
 struct ReplayRun {
     id: u64,
-    reader: Box<dyn SpillReader>,
     checkpointer: Checkpointer<SpillPos>,
-    /// The reader returned `None` and no append finished since.
+    /// Records read from the log and not yet published, in log order.
+    buffered: VecDeque<(SpillPos, Vec<u8>)>,
+    /// The last read reached the end of the log and no append became
+    /// durable since.
     at_end: bool,
     since_commit: usize,
     started: Instant,
     replayed: u64,
+}
+
+/// Most records one read job fetches ahead of the window.
+const READ_AHEAD: usize = 4096;
+
+/// The spill log's reader. Its reads and checkpoint commits do file I/O
+/// (fsyncs), so it is only ever used by a job on tokio's blocking pool, one
+/// job at a time; between jobs it rests here.
+#[derive(Default)]
+struct ReplayIo {
+    /// The reader, unless a job has it (or none is open).
+    reader: Option<Box<dyn SpillReader>>,
+    job: Option<JoinHandle<JobDone>>,
+    /// The replay run the reader serves.
+    run: u64,
+    /// The run ended while a job had the reader: when it returns, commit
+    /// this position (if any) and close the reader.
+    retire: Option<Option<SpillPos>>,
+    /// The running job writes a checkpoint.
+    committing: bool,
+}
+
+impl ReplayIo {
+    /// No reader open and no job running: a new run may open one.
+    fn idle(&self) -> bool {
+        self.reader.is_none() && self.job.is_none()
+    }
+}
+
+/// What a reader job does, in this order.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    run: u64,
+    /// `Actor::spill_epoch` when the job started.
+    epoch: u64,
+    commit: Option<SpillPos>,
+    read: usize,
+    /// Drop the reader at the end (the run is over).
+    close: bool,
+}
+
+struct JobDone {
+    run: u64,
+    epoch: u64,
+    /// Back from the job, unless it closed it.
+    reader: Option<Box<dyn SpillReader>>,
+    committed: Option<Result<SpillPos, SpillError>>,
+    records: Vec<(SpillPos, Vec<u8>)>,
+    /// The reader reported the end of the log.
+    at_end: bool,
+    read_error: Option<SpillError>,
+}
+
+/// Runs on the blocking pool.
+fn run_job(mut reader: Box<dyn SpillReader>, job: Job) -> JobDone {
+    let committed = job.commit.map(|pos| reader.commit(pos).map(|()| pos));
+    let mut records = Vec::new();
+    let mut at_end = false;
+    let mut read_error = None;
+    while records.len() < job.read {
+        match reader.next() {
+            Ok(Some(rec)) => records.push(rec),
+            Ok(None) => {
+                at_end = true;
+                break;
+            }
+            Err(e) => {
+                read_error = Some(e);
+                break;
+            }
+        }
+    }
+    JobDone {
+        run: job.run,
+        epoch: job.epoch,
+        reader: (!job.close).then_some(reader),
+        committed,
+        records,
+        at_end,
+        read_error,
+    }
+}
+
+/// What happens once a spill append is durable.
+enum After {
+    /// The publisher gets its receipt.
+    Reply {
+        reply: oneshot::Sender<Result<Receipt>>,
+        reason: SpillReason,
+    },
+    /// An unroutable replayed record (record `idx` of run `run`) was copied
+    /// to the tail of the log: its old copy, at `from`, is done with.
+    Moved {
+        from: SpillPos,
+        run: u64,
+        idx: u64,
+        id: Arc<str>,
+    },
+}
+
+/// A record waiting for room in the spill log.
+struct Queued {
+    record: Vec<u8>,
+    after: After,
+}
+
+/// Wakes the actor when the spill log has room again.
+#[derive(Debug, Default)]
+struct RoomWaker(Notify);
+
+impl Wake for RoomWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.notify_one();
+    }
 }
 
 struct Actor {
@@ -647,6 +782,23 @@ struct Actor {
     metrics: Metrics,
     /// Reused to encode spill records.
     scratch: Vec<u8>,
+    /// Records waiting for room in the spill log, in order (appended before
+    /// anything spilled after them).
+    spill_queue: VecDeque<Queued>,
+    room: Arc<RoomWaker>,
+    room_waker: Waker,
+    /// Counts appends that became durable: a read that reached the end of
+    /// the log while one did may have missed it.
+    spill_epoch: u64,
+    /// Old copies of records moved to the tail of the log (skipped by
+    /// replays until a checkpoint passes them).
+    moved: BTreeSet<SpillPos>,
+    /// Moves whose new copy is not yet durable: no replay starts meanwhile.
+    moves_pending: usize,
+    /// A run that ended while its unroutable record was being moved: its
+    /// checkpoint waits for the move.
+    ending: Option<ReplayRun>,
+    io: ReplayIo,
     link: Option<Box<dyn Link>>,
     connecting: Option<JoinHandle<Result<Box<dyn Link>, String>>>,
     /// When to reconnect (no link) or start a replay (link up).
@@ -677,6 +829,8 @@ impl Actor {
     ) -> Actor {
         let backoff = Backoff::new(cfg.backoff.clone());
         let metrics = Metrics::new(transport.name());
+        let room = Arc::new(RoomWaker::default());
+        let room_waker = Waker::from(Arc::clone(&room));
         Actor {
             cfg,
             transport,
@@ -691,6 +845,14 @@ impl Actor {
             counters,
             metrics,
             scratch: Vec::new(),
+            spill_queue: VecDeque::new(),
+            room,
+            room_waker,
+            spill_epoch: 0,
+            moved: BTreeSet::new(),
+            moves_pending: 0,
+            ending: None,
+            io: ReplayIo::default(),
             link: None,
             connecting: None,
             retry_at: Some(Instant::now()),
@@ -727,6 +889,7 @@ impl Actor {
                 break;
             }
             let ready = Arc::clone(&self.inflight.ready);
+            let room = Arc::clone(&self.room);
             let deadline = self.inflight.next_deadline();
             let retry_at = self.retry_due();
             let can_accept = self.can_accept();
@@ -735,13 +898,16 @@ impl Actor {
                 () = ready.notify.notified() => self.on_ready(),
                 done = SpillFront(&mut self.spill_waits), if !self.spill_waits.is_empty() => {
                     self.on_spilled(done);
-                    if let Some(run) = &mut self.replay {
-                        run.at_end = false;
-                    }
+                }
+                () = room.0.notified(), if !self.spill_queue.is_empty() => self.drain_spill_queue(),
+                res = JoinOpt(&mut self.io.job), if self.io.job.is_some() => {
+                    self.io.job = None;
+                    self.on_job_done(res);
                 }
                 ev = LinkEvents(&mut self.link), if self.link.is_some() => self.on_link_event(ev),
                 res = JoinOpt(&mut self.connecting), if self.connecting.is_some() => {
                     self.connecting = None;
+                    let res = res.unwrap_or_else(|e| Err(format!("connect task failed: {e}")));
                     self.on_connected(res);
                 }
                 () = sleep_opt(deadline), if deadline.is_some() => self.on_timeout(),
@@ -774,7 +940,7 @@ impl Actor {
                 },
             }
         }
-        self.finish_close();
+        self.finish_close().await;
     }
 
     // --- intake -----------------------------------------------------------
@@ -788,7 +954,7 @@ impl Actor {
         } else if self.state == PublisherState::Recovering && !self.closing && self.credits < 1.0 {
             false
         } else {
-            self.spill_waits.len() < self.cfg.spill_window
+            self.spill_waits.len() + self.spill_queue.len() < self.cfg.spill_window
         }
     }
 
@@ -811,7 +977,7 @@ impl Actor {
             } else {
                 SpillReason::Degraded
             };
-            self.spill_msg(&msg, reason, reply);
+            self.spill(&msg, After::Reply { reply, reason });
         }
     }
 
@@ -841,40 +1007,96 @@ impl Actor {
         self.metrics.inflight.set(self.inflight.live as f64);
     }
 
-    fn spill_msg(
-        &mut self,
-        msg: &Message,
-        reason: SpillReason,
-        reply: oneshot::Sender<Result<Receipt>>,
-    ) {
+    /// Appends `msg` to the spill log, or queues it behind the records
+    /// waiting for room; never blocks.
+    fn spill(&mut self, msg: &Message, after: After) {
+        if !self.spill_queue.is_empty() {
+            self.spill_queue.push_back(Queued {
+                record: record::encode(msg),
+                after,
+            });
+            return;
+        }
         record::encode_into(&mut self.scratch, msg);
-        match self.spill.append(&self.scratch) {
-            Ok(durable) => self.spill_waits.push_back(SpillWait {
-                durable,
-                reply,
-                reason,
+        let mut cx = Context::from_waker(&self.room_waker);
+        match self.spill.poll_append(&mut cx, &self.scratch) {
+            Poll::Ready(res) => self.appended(res, after),
+            Poll::Pending => self.spill_queue.push_back(Queued {
+                record: std::mem::take(&mut self.scratch),
+                after,
             }),
-            Err(e) => {
-                error!(message_id = %msg.id(), error = %e, "spill append failed");
-                let _ = reply.send(Err(Error::Spill(e)));
+        }
+    }
+
+    /// Appends queued records while the log has room (it wakes `room` when
+    /// it has more).
+    fn drain_spill_queue(&mut self) {
+        let waker = self.room_waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        while let Some(front) = self.spill_queue.front() {
+            let Poll::Ready(res) = self.spill.poll_append(&mut cx, &front.record) else {
+                return;
+            };
+            if let Some(q) = self.spill_queue.pop_front() {
+                self.appended(res, q.after);
             }
+        }
+    }
+
+    fn appended(&mut self, res: Result<Durable, SpillError>, after: After) {
+        match res {
+            Ok(durable) => self.spill_waits.push_back(SpillWait { durable, after }),
+            Err(e) => self.spill_done(after, Err(e)),
         }
     }
 
     /// Appends that became durable (or failed), in append order.
     fn on_spilled(&mut self, done: Vec<(SpillWait, Result<(), SpillError>)>) {
         for (wait, res) in done {
-            match res {
-                Ok(()) => {
-                    bump(&self.counters.spilled);
-                    self.metrics.spilled[wait.reason.index()].increment(1);
-                    let _ = wait.reply.send(Ok(Receipt::Spilled(wait.reason)));
-                }
-                Err(e) => {
-                    error!(error = %e, "spill append failed to become durable");
-                    let _ = wait.reply.send(Err(Error::Spill(e)));
-                }
+            self.spill_done(wait.after, res);
+        }
+        self.spill_epoch += 1;
+        if let Some(run) = &mut self.replay {
+            run.at_end = false;
+        }
+    }
+
+    fn spill_done(&mut self, after: After, res: Result<(), SpillError>) {
+        match (after, res) {
+            (After::Reply { reply, reason }, Ok(())) => {
+                bump(&self.counters.spilled);
+                self.metrics.spilled[reason.index()].increment(1);
+                let _ = reply.send(Ok(Receipt::Spilled(reason)));
             }
+            (After::Reply { reply, .. }, Err(e)) => {
+                error!(error = %e, "spill append failed");
+                let _ = reply.send(Err(Error::Spill(e)));
+            }
+            (After::Moved { from, run, idx, id }, Ok(())) => {
+                self.moved.insert(from);
+                if let Some(r) = self.ending.as_mut().filter(|r| r.id == run) {
+                    r.checkpointer.confirm(idx);
+                }
+                error!(
+                    message_id = %id,
+                    "unroutable message moved to the end of the spill log; it is replayed again \
+                     until the topology routes it"
+                );
+                self.move_done();
+            }
+            (After::Moved { id, .. }, Err(e)) => {
+                error!(message_id = %id, error = %e, "cannot move an unroutable record; it stays in place");
+                self.move_done();
+            }
+        }
+    }
+
+    fn move_done(&mut self) {
+        self.moves_pending -= 1;
+        if self.moves_pending == 0
+            && let Some(run) = self.ending.take()
+        {
+            self.retire_run(run);
         }
     }
 
@@ -909,8 +1131,13 @@ impl Actor {
                 self.metrics.confirms.increment(1);
                 let _ = reply.send(Ok(Receipt::Confirmed));
             }
-            Origin::Replay { run, idx } => {
-                let Some(r) = self.replay.as_mut().filter(|r| r.id == run) else {
+            Origin::Replay { run, idx, .. } => {
+                let Some(r) = self
+                    .replay
+                    .as_mut()
+                    .filter(|r| r.id == run)
+                    .or(self.ending.as_mut().filter(|r| r.id == run))
+                else {
                     return; // a confirm for an aborted run: replayed again later
                 };
                 bump(&self.counters.replayed);
@@ -919,10 +1146,8 @@ impl Actor {
                 self.metrics.replayed.increment(1);
                 r.replayed += 1;
                 r.checkpointer.confirm(idx);
+                // Committed by the next reader job (`step_replay`).
                 r.since_commit += 1;
-                if r.since_commit >= self.cfg.checkpoint_every {
-                    self.commit_replay();
-                }
             }
         }
     }
@@ -933,14 +1158,14 @@ impl Actor {
         match origin {
             Origin::Fresh(reply) => {
                 debug!(message_id = %msg.id(), %reason, "spilling an unconfirmed message");
-                self.spill_msg(msg, reason, reply);
+                self.spill(msg, After::Reply { reply, reason });
             }
-            Origin::Replay { run, idx } => {
+            Origin::Replay { run, idx, pos } => {
                 if self.replay.as_ref().is_none_or(|r| r.id != run) {
                     return;
                 }
                 if reason == SpillReason::Returned {
-                    self.move_to_tail(msg, idx);
+                    self.move_to_tail(msg, run, idx, pos);
                 }
                 warn!(message_id = %msg.id(), %reason, "replay interrupted");
                 self.abort_replay();
@@ -950,24 +1175,16 @@ impl Actor {
 
     /// An unroutable record would stop every replay at the same place
     /// until the topology changes. It is appended again at the end of the
-    /// log (and its old copy checkpointed only once the new one is
-    /// durable), so that the records behind it get through meanwhile.
-    fn move_to_tail(&mut self, msg: &Message, idx: u64) {
-        match self.spill.append_durable(&record::encode(msg)) {
-            Ok(()) => {
-                error!(
-                    message_id = %msg.id(),
-                    "unroutable message moved to the end of the spill log; it is replayed again \
-                     until the topology routes it"
-                );
-                if let Some(run) = self.replay.as_mut() {
-                    run.checkpointer.confirm(idx);
-                }
-            }
-            Err(e) => {
-                error!(message_id = %msg.id(), error = %e, "cannot move an unroutable record; it stays in place");
-            }
-        }
+    /// log, so that the records behind it get through meanwhile. Once the
+    /// new copy is durable the old one counts as replayed: the ending run's
+    /// checkpoint may pass it (the run's final commit waits for the move),
+    /// and later runs skip it. No replay starts before the move is done.
+    /// Were the process to crash before a checkpoint passes the old copy,
+    /// both are replayed: a duplicate, never a loss.
+    fn move_to_tail(&mut self, msg: &Message, run: u64, idx: u64, from: SpillPos) {
+        self.moves_pending += 1;
+        let id = Arc::from(msg.id());
+        self.spill(msg, After::Moved { from, run, idx, id });
     }
 
     // --- state ------------------------------------------------------------
@@ -1089,8 +1306,13 @@ impl Actor {
         if self.closing || self.connecting.is_some() || self.blocked {
             return None;
         }
+        // A new replay waits for the last one's records in flight, its
+        // reader's last job, and moves of unroutable records.
         if self.link.is_some()
-            && (self.state != PublisherState::Degraded || self.inflight.replay_live > 0)
+            && (self.state != PublisherState::Degraded
+                || self.inflight.replay_live > 0
+                || !self.io.idle()
+                || self.moves_pending > 0)
         {
             return None;
         }
@@ -1112,13 +1334,20 @@ impl Actor {
     // --- replay -----------------------------------------------------------
 
     fn start_replay(&mut self) {
+        if !self.io.idle() || self.moves_pending > 0 {
+            // `retry_due` holds the attempt until they are done.
+            self.retry_at = Some(Instant::now());
+            return;
+        }
         match self.spill.reader() {
             Ok(reader) => {
                 self.next_run += 1;
+                self.io.reader = Some(reader);
+                self.io.run = self.next_run;
                 self.replay = Some(ReplayRun {
                     id: self.next_run,
-                    reader,
                     checkpointer: Checkpointer::new(),
+                    buffered: VecDeque::new(),
                     at_end: false,
                     since_commit: 0,
                     started: Instant::now(),
@@ -1136,7 +1365,9 @@ impl Actor {
         }
     }
 
-    /// Feeds the window from the log; finishes the run at the end of the log.
+    /// Publishes what the reader fetched while the window has room, keeps
+    /// the reader busy (checkpoint when due, read ahead), and finishes the
+    /// run at the end of the log.
     fn step_replay(&mut self) {
         if self.state != PublisherState::Recovering || self.closing {
             return;
@@ -1144,85 +1375,211 @@ impl Actor {
         if !self.link.as_ref().is_some_and(|l| l.is_alive()) || self.blocked {
             return;
         }
-        loop {
+        // While a checkpoint is due or being written, nothing more is sent:
+        // so at most `checkpoint_every` + one window of records are
+        // confirmed beyond the persisted checkpoint, as if it were written
+        // synchronously (the pause is a few fsyncs per `checkpoint_every`).
+        while self.inflight.live < self.cfg.window && !self.io.committing {
             let Some(run) = self.replay.as_mut() else {
                 return;
             };
-            if run.at_end || self.inflight.live >= self.cfg.window {
+            if run.since_commit >= self.cfg.checkpoint_every {
                 break;
             }
-            match run.reader.next() {
-                Ok(Some((pos, rec))) => {
-                    let idx = run.checkpointer.push(pos);
-                    let run_id = run.id;
-                    match record::decode(&rec) {
-                        Ok(msg) => self.send(msg, Origin::Replay { run: run_id, idx }),
-                        Err(reason) => {
-                            bump(&self.counters.corrupt_records);
-                            self.metrics.corrupt.increment(1);
-                            error!(position = %pos, reason, "skipping a spill record this crate cannot decode");
-                            run.checkpointer.confirm(idx);
-                        }
-                    }
+            let Some((pos, rec)) = run.buffered.pop_front() else {
+                break;
+            };
+            let idx = run.checkpointer.push(pos);
+            if self.moved.contains(&pos) {
+                // Its copy at the tail is durable: this one is done.
+                run.checkpointer.confirm(idx);
+                continue;
+            }
+            match record::decode(&rec) {
+                Ok(msg) => {
+                    let origin = Origin::Replay {
+                        run: run.id,
+                        idx,
+                        pos,
+                    };
+                    self.send(msg, origin);
                 }
-                Ok(None) => run.at_end = true,
-                Err(e) => {
-                    error!(error = %e, "spill log read failed; replay stops");
-                    self.abort_replay();
-                    self.set_state(PublisherState::Degraded);
-                    self.schedule_retry();
-                    return;
+                Err(reason) => {
+                    run.checkpointer.confirm(idx);
+                    bump(&self.counters.corrupt_records);
+                    self.metrics.corrupt.increment(1);
+                    error!(position = %pos, reason, "skipping a spill record this crate cannot decode");
                 }
+            }
+        }
+        let Some(run) = self.replay.as_mut() else {
+            return;
+        };
+        if self.io.job.is_none() && self.io.reader.is_some() {
+            // A checkpoint is due: write the newest confirmed prefix (if it
+            // moved; if not, nothing waits for it).
+            let commit = if run.since_commit >= self.cfg.checkpoint_every {
+                run.since_commit = 0;
+                run.checkpointer.take_ready()
+            } else {
+                None
+            };
+            let ahead = self.cfg.window.min(READ_AHEAD);
+            let read = if !run.at_end && run.buffered.len() * 2 <= ahead {
+                ahead - run.buffered.len()
+            } else {
+                0
+            };
+            if commit.is_some() || read > 0 {
+                let job = Job {
+                    run: run.id,
+                    epoch: self.spill_epoch,
+                    commit,
+                    read,
+                    close: false,
+                };
+                self.spawn_job(job);
             }
         }
         let Some(run) = self.replay.as_ref() else {
             return;
         };
-        if !run.at_end {
+        if !run.at_end || !run.buffered.is_empty() {
             return;
         }
         // Stop taking new messages so the replay can reach the end: what is
         // still being appended becomes durable, then readable (each finished
         // append clears `at_end`).
         self.paused = true;
-        if self.spill_waits.is_empty() && run.checkpointer.outstanding() == 0 {
+        if self.spill_waits.is_empty()
+            && self.spill_queue.is_empty()
+            && run.checkpointer.outstanding() == 0
+        {
             self.finish_replay();
         }
     }
 
-    fn commit_replay(&mut self) {
-        let Some(run) = self.replay.as_mut() else {
+    /// Hands the reader to a job on the blocking pool.
+    fn spawn_job(&mut self, job: Job) {
+        if let Some(reader) = self.io.reader.take() {
+            self.io.committing = job.commit.is_some();
+            self.io.job = Some(tokio::task::spawn_blocking(move || run_job(reader, job)));
+        }
+    }
+
+    fn on_job_done(&mut self, res: Result<JobDone, JoinError>) {
+        self.io.committing = false;
+        let done = match res {
+            Ok(done) => done,
+            Err(e) => {
+                // The reader went down with the job; a new run opens another.
+                error!(error = %e, "a spill log reader job failed");
+                self.io.retire = None;
+                if self.replay.as_ref().is_some_and(|r| r.id == self.io.run) {
+                    self.replay = None;
+                    self.paused = false;
+                    self.set_state(PublisherState::Degraded);
+                    self.schedule_retry();
+                }
+                return;
+            }
+        };
+        match done.committed {
+            Some(Ok(pos)) => {
+                // Old copies at or before the checkpoint are gone for good.
+                self.moved = self.moved.split_off(&pos);
+                self.moved.remove(&pos);
+            }
+            Some(Err(e)) => {
+                // Not fatal: the records stay and are replayed again later.
+                error!(error = %e, "cannot persist the replay checkpoint");
+            }
+            None => {}
+        }
+        self.io.reader = done.reader;
+        if let Some(commit) = self.io.retire.take() {
+            // The run ended while the job had the reader.
+            self.close_reader(commit);
+            return;
+        }
+        let current = self.replay.as_ref().is_some_and(|r| r.id == done.run);
+        if !current {
+            // An ending run's reader waits for its final commit.
+            let ending = self.ending.as_ref().is_some_and(|r| r.id == done.run);
+            if !ending && self.io.reader.is_some() {
+                self.close_reader(None);
+            }
+            return;
+        }
+        if let Some(e) = done.read_error {
+            error!(error = %e, "spill log read failed; replay stops");
+            self.abort_replay();
+            self.set_state(PublisherState::Degraded);
+            self.schedule_retry();
+            return;
+        }
+        let epoch = self.spill_epoch;
+        if let Some(run) = self.replay.as_mut() {
+            run.buffered.extend(done.records);
+            // An append that became durable during the read may have been
+            // missed: then this is not the end.
+            if done.at_end && done.epoch == epoch {
+                run.at_end = true;
+            }
+        }
+    }
+
+    /// Commits `commit` (if any) and closes the reader, on the blocking pool.
+    fn close_reader(&mut self, commit: Option<SpillPos>) {
+        let job = Job {
+            run: self.io.run,
+            epoch: self.spill_epoch,
+            commit,
+            read: 0,
+            close: true,
+        };
+        self.spawn_job(job);
+    }
+
+    /// Ends the current run: its confirmed prefix is committed and its
+    /// reader closed (once the reader's job, if one runs, is back, and once
+    /// the run's unroutable record, if any, is moved).
+    fn end_run(&mut self) {
+        let Some(run) = self.replay.take() else {
             return;
         };
-        run.since_commit = 0;
-        if let Some(pos) = run.checkpointer.take_ready()
-            && let Err(e) = run.reader.commit(pos)
-        {
-            // Not fatal: the records stay and are replayed again later.
-            error!(error = %e, "cannot persist the replay checkpoint");
+        if self.moves_pending > 0 {
+            self.ending = Some(run);
+        } else {
+            self.retire_run(run);
+        }
+    }
+
+    fn retire_run(&mut self, mut run: ReplayRun) {
+        let commit = run.checkpointer.take_ready();
+        if self.io.job.is_some() {
+            self.io.retire = Some(commit);
+        } else if self.io.reader.is_some() {
+            self.close_reader(commit);
         }
     }
 
     fn finish_replay(&mut self) {
-        self.commit_replay();
-        if let Some(run) = self.replay.take() {
-            let secs = run.started.elapsed().as_secs_f64();
+        if let Some(run) = &self.replay {
             info!(
                 replayed = run.replayed,
-                seconds = secs,
+                seconds = run.started.elapsed().as_secs_f64(),
                 "spill log replayed to the end"
             );
         }
+        self.end_run();
         self.paused = false;
         self.backoff.reset();
         self.set_state(PublisherState::Healthy);
     }
 
     fn abort_replay(&mut self) {
-        if self.replay.is_some() {
-            self.commit_replay();
-            self.replay = None;
-        }
+        self.end_run();
         self.paused = false;
     }
 
@@ -1232,10 +1589,13 @@ impl Actor {
         if self.flushes.is_empty() {
             return;
         }
+        // The last checkpoint too: then the spill log is empty.
         if self.state == PublisherState::Healthy
             && self.inflight.live == 0
             && self.spill_waits.is_empty()
+            && self.spill_queue.is_empty()
             && self.replay.is_none()
+            && self.io.idle()
             && self.rx.is_empty()
         {
             for f in self.flushes.drain(..) {
@@ -1271,19 +1631,36 @@ impl Actor {
     }
 
     fn close_done(&self) -> bool {
-        !self.rx_open && self.inflight.live == 0 && self.spill_waits.is_empty()
+        !self.rx_open
+            && self.inflight.live == 0
+            && self.spill_waits.is_empty()
+            && self.spill_queue.is_empty()
     }
 
-    fn finish_close(&mut self) {
-        if self.replay.is_some() {
-            self.commit_replay();
-            self.replay = None;
-        }
+    /// Persists the replay checkpoint, closes the link and the spill log
+    /// (off the runtime's threads), then answers `close()`: once it
+    /// returns, the spill directory is free for another publisher.
+    async fn finish_close(mut self) {
+        self.end_run();
         if let Some(link) = self.link.take() {
             link.close();
         }
+        loop {
+            if let Some(job) = self.io.job.take() {
+                let res = job.await;
+                self.on_job_done(res);
+            } else if self.io.reader.is_some() {
+                self.close_reader(None);
+            } else {
+                break;
+            }
+        }
         self.set_state(PublisherState::Closed);
-        for c in self.closers.drain(..) {
+        let closers = std::mem::take(&mut self.closers);
+        let spill = Arc::clone(&self.spill);
+        drop(self);
+        let _ = tokio::task::spawn_blocking(move || drop(spill)).await;
+        for c in closers {
             let _ = c.send(());
         }
     }
@@ -1305,11 +1682,10 @@ impl Future for LinkEvents<'_> {
     }
 }
 
-/// One message waiting for its spill append to be durable.
+/// One append waiting to become durable.
 struct SpillWait {
     durable: Durable,
-    reply: oneshot::Sender<Result<Receipt>>,
-    reason: SpillReason,
+    after: After,
 }
 
 /// Resolves with the appends that finished, front first. Records of one
@@ -1342,16 +1718,15 @@ impl Future for SpillFront<'_> {
     }
 }
 
-struct JoinOpt<'a>(&'a mut Option<JoinHandle<Result<Box<dyn Link>, String>>>);
+/// Resolves with the task's output once it finished (pending if none).
+struct JoinOpt<'a, T>(&'a mut Option<JoinHandle<T>>);
 
-impl Future for JoinOpt<'_> {
-    type Output = Result<Box<dyn Link>, String>;
+impl<T> Future for JoinOpt<'_, T> {
+    type Output = Result<T, JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.0.as_mut() {
-            Some(h) => Pin::new(h)
-                .poll(cx)
-                .map(|r| r.unwrap_or_else(|e| Err(format!("connect task failed: {e}")))),
+            Some(h) => Pin::new(h).poll(cx),
             None => Poll::Pending,
         }
     }

@@ -79,7 +79,12 @@
 //!    was not are replayed again — at most one window;
 //! 3. a process crash during a replay: records confirmed since the last
 //!    persisted checkpoint are replayed again — at most
-//!    [`ReliabilityConfig::checkpoint_every`] plus one window per crash.
+//!    [`ReliabilityConfig::checkpoint_every`] plus one window per crash (the
+//!    replay pauses while a due checkpoint is written, so the bound is the
+//!    same as if it were written synchronously); an unroutable record moved
+//!    to the tail of the log (see below) may then be replayed from both
+//!    places.
+
 //!
 //! librdkafka's idempotent producer adds no copies of its own (its retries are
 //! deduplicated by the broker). On the consuming side, RabbitMQ redelivers
@@ -107,6 +112,15 @@
 //! [`ReliabilityConfig::recovery_intake`] (default ½) new messages, so the
 //! backlog shrinks even under full load and producers are held to the
 //! broker's pace, not blocked.
+//!
+//! **No blocking.** The publisher's task never waits on the disk: spill
+//! appends use the log's asynchronous form (when its buffers are all being
+//! written, records wait in order and intake pauses), and the replay's
+//! reads and checkpoint fsyncs run on tokio's blocking pool. `start` itself
+//! opens the spill log synchronously (a recovery scan of what an earlier run
+//! left; quick unless that is large); `close` closes it off the runtime's
+//! threads, and once `close` returns the directory is free for another
+//! publisher.
 //!
 //! **States.** [`ReliablePublisher::state`] is a watch of
 //! `Healthy → Degraded (spilling) → Recovering (replaying) → Healthy`;

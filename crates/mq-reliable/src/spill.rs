@@ -3,13 +3,16 @@
 //! The production implementation is the `double-buffer` crate's
 //! [`SpillLog`](double_buffer::SpillLog) ([`DiskSpill`]); tests of the
 //! engine also use an in-memory one. The trait is
-//! deliberately narrow: append a record and learn when it is durable; read
-//! records back in order from the persisted checkpoint; move the checkpoint.
+//! deliberately narrow: append a record (without blocking) and learn when it
+//! is durable; read records back in order from the persisted checkpoint; move
+//! the checkpoint. Appends never block the caller's thread; the reader does
+//! file I/O, so the engine only uses it on tokio's blocking pool.
 
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use double_buffer::{Position, SpillLog};
@@ -21,8 +24,8 @@ use crate::error::{Error, Result, SpillError, invalid};
 pub(crate) type Durable = Pin<Box<dyn Future<Output = Result<(), SpillError>> + Send>>;
 
 /// Where a record sits in the log, as the reader reports it: just after
-/// the record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// the record. Positions order like the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum SpillPos {
     /// A position in a [`SpillLog`].
     Log(Position),
@@ -123,21 +126,24 @@ impl DiskSpill {
 }
 
 impl Spill for DiskSpill {
-    fn append(&self, record: &[u8]) -> Result<Durable, SpillError> {
-        // One key, one slice: records replay in append order.
-        let ticket = self.log.append_keyed(0, record)?;
-        Ok(Box::pin(async move {
-            ticket
-                .durable()
-                .await
-                .map(|_| ())
-                .map_err(|e| Box::new(e) as SpillError)
-        }))
-    }
-
-    fn append_durable(&self, record: &[u8]) -> Result<(), SpillError> {
-        self.log.append_keyed(0, record)?.wait()?;
-        Ok(())
+    fn poll_append(
+        &self,
+        cx: &mut Context<'_>,
+        record: &[u8],
+    ) -> Poll<Result<Durable, SpillError>> {
+        // One key, one slice: records replay, and become durable, in append
+        // order (the double-buffer's durability-order contract).
+        self.log.poll_append_keyed(cx, 0, record).map(|res| {
+            let ticket = res?;
+            let durable: Durable = Box::pin(async move {
+                ticket
+                    .durable()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Box::new(e) as SpillError)
+            });
+            Ok(durable)
+        })
     }
 
     fn reader(&self) -> Result<Box<dyn SpillReader>, SpillError> {
@@ -166,23 +172,23 @@ impl SpillReader for DiskReader {
 
 /// An append-only, crash-safe log of spilled messages.
 pub(crate) trait Spill: Send + Sync + fmt::Debug + 'static {
-    /// Appends one record. Returns at once (it may wait briefly when the
-    /// log's buffers are full); the future resolves when the record is
-    /// durable. Records appended by one caller are read back in append
-    /// order.
-    fn append(&self, record: &[u8]) -> Result<Durable, SpillError>;
+    /// Appends one record without blocking. When the log has no room (its
+    /// buffers are being written), registers `cx`'s waker, woken once there
+    /// is room, and returns `Pending` with nothing appended: call again
+    /// with the same record. The future resolves when the record is
+    /// durable. Records are read back, and become durable, in append order.
+    fn poll_append(&self, cx: &mut Context<'_>, record: &[u8])
+    -> Poll<Result<Durable, SpillError>>;
 
-    /// Appends one record and blocks until it is durable (a rare path: a
-    /// flush, about a millisecond).
-    fn append_durable(&self, record: &[u8]) -> Result<(), SpillError>;
-
-    /// A reader starting after the persisted checkpoint. Records appended
-    /// (and made durable) while the reader exists are returned too.
+    /// A reader starting after the persisted checkpoint (opening it does no
+    /// I/O). Records appended (and made durable) while the reader exists
+    /// are returned too. One reader at a time.
     fn reader(&self) -> Result<Box<dyn SpillReader>, SpillError>;
 }
 
-/// Reads spill records in log order.
-pub(crate) trait SpillReader: Send {
+/// Reads spill records in log order. Both methods do file I/O (reads;
+/// fsyncs of the checkpoint): call them on a blocking thread.
+pub(crate) trait SpillReader: Send + 'static {
     /// The next durable record, or `None` at the current end of the log.
     fn next(&mut self) -> Result<Option<(SpillPos, Vec<u8>)>, SpillError>;
 
@@ -200,7 +206,8 @@ mod memory {
     use std::sync::{Arc, Mutex};
 
     /// An in-memory spill log for tests of the engine. "Durable" at once
-    /// unless `fail_appends` is set.
+    /// unless `fail_appends` is set; `set_full` makes it refuse room (the
+    /// appender waits) until it is cleared.
     #[derive(Debug, Default, Clone)]
     pub(crate) struct MemorySpill {
         inner: Arc<Mutex<Inner>>,
@@ -214,7 +221,10 @@ mod memory {
         /// Everything at or below this position is replayed.
         checkpoint: Option<u64>,
         fail_appends: bool,
-        commits: u64,
+        full: bool,
+        room_wakers: Vec<std::task::Waker>,
+        commits: Vec<u64>,
+        reader_open: bool,
     }
 
     impl MemorySpill {
@@ -237,30 +247,48 @@ mod memory {
             self.inner.lock().unwrap().fail_appends = fail;
         }
 
-        pub(crate) fn commits(&self) -> u64 {
-            self.inner.lock().unwrap().commits
+        /// Every checkpoint committed, in order.
+        pub(crate) fn commit_positions(&self) -> Vec<u64> {
+            self.inner.lock().unwrap().commits.clone()
+        }
+
+        /// While `full`, appends wait for room; clearing it wakes them.
+        pub(crate) fn set_full(&self, full: bool) {
+            let wakers = {
+                let mut inner = self.inner.lock().unwrap();
+                inner.full = full;
+                std::mem::take(&mut inner.room_wakers)
+            };
+            wakers.into_iter().for_each(std::task::Waker::wake);
         }
     }
 
     impl Spill for MemorySpill {
-        fn append(&self, record: &[u8]) -> Result<Durable, SpillError> {
+        fn poll_append(
+            &self,
+            cx: &mut Context<'_>,
+            record: &[u8],
+        ) -> Poll<Result<Durable, SpillError>> {
             let mut inner = self.inner.lock().unwrap();
             if inner.fail_appends {
-                return Err("disk full (simulated)".into());
+                return Poll::Ready(Err("disk full (simulated)".into()));
+            }
+            if inner.full {
+                inner.room_wakers.push(cx.waker().clone());
+                return Poll::Pending;
             }
             let pos = inner.next_pos;
             inner.next_pos += 1;
             inner.records.push((pos, record.to_vec()));
-            Ok(Box::pin(async { Ok(()) }))
-        }
-
-        fn append_durable(&self, record: &[u8]) -> Result<(), SpillError> {
-            drop(self.append(record)?);
-            Ok(())
+            Poll::Ready(Ok(Box::pin(async { Ok(()) })))
         }
 
         fn reader(&self) -> Result<Box<dyn SpillReader>, SpillError> {
-            let from = self.inner.lock().unwrap().checkpoint.map_or(0, |c| c + 1);
+            let mut inner = self.inner.lock().unwrap();
+            // Like the disk log: one reader at a time.
+            assert!(!inner.reader_open, "a second reader opened");
+            inner.reader_open = true;
+            let from = inner.checkpoint.map_or(0, |c| c + 1);
             Ok(Box::new(MemoryReader {
                 inner: Arc::clone(&self.inner),
                 next: from,
@@ -271,6 +299,15 @@ mod memory {
     struct MemoryReader {
         inner: Arc<Mutex<Inner>>,
         next: u64,
+    }
+
+    impl Drop for MemoryReader {
+        fn drop(&mut self) {
+            self.inner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reader_open = false;
+        }
     }
 
     impl SpillReader for MemoryReader {
@@ -297,7 +334,7 @@ mod memory {
                 "checkpoint moved backwards"
             );
             inner.checkpoint = Some(cp);
-            inner.commits += 1;
+            inner.commits.push(cp);
             inner.records.retain(|(p, _)| *p > cp);
             Ok(())
         }
