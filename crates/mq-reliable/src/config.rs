@@ -13,9 +13,11 @@ use crate::spill::SpillConfig;
 /// [`KafkaConfig`](crate::KafkaConfig).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReliabilityConfig {
-    /// Most messages published and not yet confirmed (the in-flight
-    /// window). Bounds memory, and the number of duplicates one failure can
-    /// cause. Default 1024.
+    /// The in-flight window: a message is sent only within `window` of the
+    /// oldest one still awaiting its confirm (a sliding window, so at most
+    /// this many are unconfirmed). Bounds memory, the number of duplicates
+    /// one failure can cause, and how far a failed message can be
+    /// overtaken. Default 1024.
     pub window: usize,
     /// Delay between reconnect and replay attempts.
     pub backoff: BackoffConfig,

@@ -10,9 +10,9 @@ use std::sync::Arc;
 /// id. A handler that must not act twice asks [`Dedupe::first_seen`] first.
 /// Memory is bounded: once `capacity` distinct ids were recorded, the oldest
 /// one is forgotten. Size the window above the largest distance between two
-/// copies of a message: the publisher's in-flight window plus the replay
-/// checkpoint interval (see the crate docs); a copy arriving after more than
-/// `capacity` newer distinct ids is not recognised.
+/// copies of a message: the replay checkpoint interval plus twice the
+/// publisher's in-flight window (see the crate docs); a copy arriving after
+/// more than `capacity` newer distinct ids is not recognised.
 ///
 /// ```
 /// let mut seen = mq_reliable::Dedupe::new(2);

@@ -507,6 +507,14 @@ impl InFlight {
         self.live += 1;
     }
 
+    /// From the oldest message awaiting its verdict to the newest sent: the
+    /// window is a sliding one, so a message is sent only within `window`
+    /// of the oldest unconfirmed one. That bounds how far a failed message
+    /// can be overtaken, and how far apart two copies of one message are.
+    fn span(&self) -> usize {
+        self.slots.len()
+    }
+
     fn get_mut(&mut self, seq: u64) -> Option<&mut Slot> {
         let off = seq.checked_sub(self.base)?;
         self.slots.get_mut(off as usize)?.as_mut()
@@ -950,7 +958,12 @@ impl Actor {
             return false;
         }
         if self.direct() {
-            self.inflight.live < self.cfg.window
+            self.inflight.span() < self.cfg.window
+        } else if self.inflight.live > self.inflight.replay_live {
+            // Messages sent before the failure still await their verdict;
+            // should they fail too, they are spilled ahead of anything
+            // accepted after them (the documented order).
+            false
         } else if self.state == PublisherState::Recovering && !self.closing && self.credits < 1.0 {
             false
         } else {
@@ -1306,11 +1319,13 @@ impl Actor {
         if self.closing || self.connecting.is_some() || self.blocked {
             return None;
         }
-        // A new replay waits for the last one's records in flight, its
-        // reader's last job, and moves of unroutable records.
+        // A new replay waits for every message in flight (a fresh one that
+        // fails is spilled behind the backlog it would overtake otherwise;
+        // the last run's records), its reader's last job, and moves of
+        // unroutable records.
         if self.link.is_some()
             && (self.state != PublisherState::Degraded
-                || self.inflight.replay_live > 0
+                || self.inflight.live > 0
                 || !self.io.idle()
                 || self.moves_pending > 0)
         {
@@ -1379,7 +1394,7 @@ impl Actor {
         // so at most `checkpoint_every` + one window of records are
         // confirmed beyond the persisted checkpoint, as if it were written
         // synchronously (the pause is a few fsyncs per `checkpoint_every`).
-        while self.inflight.live < self.cfg.window && !self.io.committing {
+        while self.inflight.span() < self.cfg.window && !self.io.committing {
             let Some(run) = self.replay.as_mut() else {
                 return;
             };

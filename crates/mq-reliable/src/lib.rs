@@ -84,7 +84,11 @@
 //!    same as if it were written synchronously); an unroutable record moved
 //!    to the tail of the log (see below) may then be replayed from both
 //!    places.
-
+//!
+//! The window is a sliding one: a message is sent only within `window` of
+//! the oldest one still awaiting its verdict. So two copies of one message
+//! are never more than `checkpoint_every` + 2 × `window` distinct messages
+//! apart: a [`Dedupe`] of that capacity catches every duplicate.
 //!
 //! librdkafka's idempotent producer adds no copies of its own (its retries are
 //! deduplicated by the broker). On the consuming side, RabbitMQ redelivers
@@ -95,17 +99,24 @@
 //! calls (program order within one task; no order between publishers). While
 //! [`Healthy`](PublisherState::Healthy) they go out in that order on one
 //! channel (Kafka: per partition, kept across librdkafka's retries). The spill
-//! log keeps append order and the replay publishes in log order. While
+//! log keeps append order and the replay publishes in log order. After a
+//! failure, nothing new is accepted, and no replay starts, until every
+//! message sent before it has its verdict, so that those which fail too are
+//! spilled ahead of anything accepted after them. While
 //! [`Degraded`](PublisherState::Degraded) or
 //! [`Recovering`](PublisherState::Recovering), new messages are appended
 //! *behind* the backlog, and the publisher is healthy again only once the
 //! replay has reached the end of the log. So, keeping the first copy of each
 //! id, the broker receives messages in accepted order, with two exceptions:
-//! a message refused on its own (a nack, or a replayed record that failed)
-//! can be overtaken by up to `window − 1` messages that were in flight with
-//! it; and an unroutable message, which is moved to the end of the log at
-//! each replay so that it does not block the records behind it, arrives only
-//! once the topology routes it, after everything published meanwhile.
+//! a message whose copy failed on its own (a nack, or a copy lost while
+//! others sent after it were confirmed) can be overtaken by messages that
+//! were in flight with it — fewer than `window` when it first failed, and
+//! fewer than `window` more (the same ones each time) in replays where it
+//! fails again, so at most 2 × (`window` − 1) in all; and an unroutable
+//! message, which is moved to the end of the log at each replay so that it
+//! does not block the records behind it, arrives only once the topology
+//! routes it, after everything published meanwhile. (The property test in
+//! `engine_tests.rs` checks exactly this against a scripted broker.)
 //!
 //! **Recovery pace.** While the broker is down, intake is limited only by the
 //! disk. While recovering, each replayed message earns
