@@ -22,6 +22,7 @@ const ENV_DIR: &str = "MQR_CRASH_DIR";
 const ENV_QUEUE: &str = "MQR_CRASH_QUEUE";
 const ENV_FIRST: &str = "MQR_CRASH_FIRST_ID";
 const ENV_WAIT_HEALTHY: &str = "MQR_CRASH_WAIT_HEALTHY";
+const ENV_WINDOW: &str = "MQR_CRASH_WINDOW";
 
 /// What the parent learns from a child's stdout.
 #[derive(Default)]
@@ -34,6 +35,7 @@ struct Seen {
 struct Publisher {
     child: Child,
     seen: Arc<Mutex<Seen>>,
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Publisher {
@@ -43,6 +45,7 @@ impl Publisher {
         queue: &str,
         first_id: u64,
         wait_healthy: bool,
+        window: usize,
     ) -> Publisher {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -57,6 +60,7 @@ impl Publisher {
             .env(ENV_QUEUE, queue)
             .env(ENV_FIRST, first_id.to_string())
             .env(ENV_WAIT_HEALTHY, if wait_healthy { "1" } else { "0" })
+            .env(ENV_WINDOW, window.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -64,7 +68,7 @@ impl Publisher {
         let seen: Arc<Mutex<Seen>> = Arc::default();
         let out = child.stdout.take().unwrap();
         let s = Arc::clone(&seen);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let mut parts = line.split_whitespace();
                 match (parts.next(), parts.next(), parts.next()) {
@@ -82,7 +86,11 @@ impl Publisher {
                 }
             }
         });
-        Publisher { child, seen }
+        Publisher {
+            child,
+            seen,
+            reader,
+        }
     }
 
     fn count(&self, kind: char) -> usize {
@@ -106,12 +114,12 @@ impl Publisher {
         }
     }
 
-    /// SIGKILL, then the ids it had acknowledged.
+    /// SIGKILL, then the ids it had acknowledged: every line it printed,
+    /// up to the end of its stdout.
     fn kill(mut self) -> Vec<(u64, char)> {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        // Let the reader thread take the last lines from the pipe.
-        std::thread::sleep(Duration::from_millis(100));
+        self.reader.join().unwrap();
         std::mem::take(&mut self.seen.lock().unwrap().acked)
     }
 }
@@ -127,7 +135,7 @@ async fn a_crash_mid_stream_then_a_restart_that_replays_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
 
     // 1. Publishing; the broker becomes unreachable; killed while spilling.
-    let a = Publisher::spawn(&proxied, dir.path(), &queue, 0, true);
+    let a = Publisher::spawn(&proxied, dir.path(), &queue, 0, true, 256);
     a.wait("3000 confirmed", |s| {
         s.acked.iter().filter(|(_, k)| *k == 'c').count() >= 3_000
     })
@@ -142,9 +150,13 @@ async fn a_crash_mid_stream_then_a_restart_that_replays_loses_nothing() {
     assert!(spilled_by_a >= 3_000);
 
     // 2. Restart with a slow broker: killed in the middle of the replay.
+    // 20 ms each way and a window of 16: the replay takes at least 40 ms
+    // per 16 records, 7.5 s for the 3000+ spilled, so a kill 0.5 s in lands
+    // in the middle of it (after a checkpoint or two, every 128) on any
+    // machine.
     proxy.restore();
     proxy.delay(Duration::from_millis(20));
-    let b = Publisher::spawn(&proxied, dir.path(), &queue, 10_000_000, false);
+    let b = Publisher::spawn(&proxied, dir.path(), &queue, 10_000_000, false, 16);
     b.wait("recovering", |s| s.states.iter().any(|x| x == "recovering"))
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -209,7 +221,8 @@ fn crash_child() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let cfg = publisher_cfg(&url, QueueSpec::classic(&queue), std::path::Path::new(&dir));
+        let mut cfg = publisher_cfg(&url, QueueSpec::classic(&queue), std::path::Path::new(&dir));
+        cfg.reliability.window = std::env::var(ENV_WINDOW).unwrap().parse().unwrap();
         let publisher = ReliablePublisher::start(cfg).unwrap();
         let mut state = publisher.state();
         tokio::spawn(async move {
