@@ -161,8 +161,9 @@ async fn a_broker_down_phase_spills_and_replays() {
     cluster.broker_down(1).unwrap();
     let started = Instant::now();
     let during = publish_all(&producer, 500..1_500).await;
+    // Generous for a loaded machine, and still far from the 300 s default.
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(60),
         "failures are reported within message.timeout.ms, not librdkafka's 300 s default"
     );
     assert!(

@@ -90,9 +90,11 @@ async fn producer_and_consumer_keep_their_contract_through_an_outage_and_a_kill(
     );
 
     // The broker is back but slow; a run that only replays is killed
-    // (SIGKILL) in the middle of the replay.
+    // (SIGKILL) in the middle of the replay: 100 ms each way holds a window
+    // of 1024 to ~5000 records/s, so the 20 000 take 4 s, plus the
+    // handshake's round trips, however fast the machine.
     proxy.restore();
-    proxy.delay(Duration::from_millis(50));
+    proxy.delay(Duration::from_millis(100));
     let mut killed = producer(0, true)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -65,7 +65,7 @@ pub fn publisher_cfg(url: &str, queue: QueueSpec, dir: &std::path::Path) -> Publ
 pub async fn healthy(publisher: &ReliablePublisher) {
     let mut state = publisher.state();
     tokio::time::timeout(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         state.wait_for(|s| *s == PublisherState::Healthy),
     )
     .await
@@ -172,7 +172,7 @@ pub async fn wait_ready(url: &str, queue: &str, n: u32) {
             return;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(30),
             "{queue} holds {got} messages, expected {n}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
