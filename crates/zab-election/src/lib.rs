@@ -25,8 +25,16 @@
 //! quorum accepts it and makes it current, then pings keep the quorum; a
 //! learner that loses its leader, or a leader that loses its quorum, looks
 //! again. **At most one leader is established per epoch**, under any loss,
-//! duplication, delay, partition and crash — what the simulator and the
-//! model checker prove.
+//! duplication, delay, partition and crash, provided the driver makes each
+//! [`Event::Persist`] durable before it sends the messages polled after it,
+//! and restarts a server from that state. What the election itself gives:
+//! a server that concludes from a quorum of LOOKING votes elects a vote at
+//! least as good as the credentials of every server of that quorum.
+//!
+//! Neither is proved: the simulator checks both on every event of thousands
+//! of seeded runs with faults, and the model checker checks the first on
+//! every reachable state of 3-server runs within fault and round bounds
+//! (the crate's README says exactly which).
 //!
 //! Around the core: [`sim`] (a seeded in-memory network with raft-rs's
 //! verbs), and behind the `node` feature the tokio [`transport`] (one TCP
