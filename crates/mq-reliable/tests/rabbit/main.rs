@@ -5,6 +5,7 @@
 
 mod support;
 
+mod alarm;
 mod cli;
 mod consumer;
 mod crash;
