@@ -28,7 +28,7 @@ impl Default for BackoffConfig {
 }
 
 impl BackoffConfig {
-    /// Checks that `0 < initial ≤ max`.
+    /// Checks that `0 < initial ≤ max ≤ 1 h`.
     pub fn validate(&self) -> Result<()> {
         if self.initial.is_zero() {
             return Err(invalid("backoff.initial", self.initial, "must be positive"));
@@ -39,6 +39,10 @@ impl BackoffConfig {
                 self.max,
                 "must be at least backoff.initial",
             ));
+        }
+        // Retries are scheduled at `now + delay`.
+        if self.max > Duration::from_secs(3600) {
+            return Err(invalid("backoff.max", self.max, "must be at most 1 h"));
         }
         Ok(())
     }
@@ -128,6 +132,13 @@ mod tests {
         let e = BackoffConfig {
             initial: Duration::from_secs(3),
             max: Duration::from_secs(1),
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("backoff.max"), "{e}");
+        let e = BackoffConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::MAX,
         }
         .validate()
         .unwrap_err();

@@ -127,11 +127,14 @@ impl EngineConfig {
         if self.window == 0 || self.window > 1 << 20 {
             return Err(invalid("window", self.window, "must be in 1..=1048576"));
         }
-        if self.confirm_timeout < Duration::from_millis(1) {
+        // Bounded above too: deadlines are `now + confirm_timeout`.
+        if self.confirm_timeout < Duration::from_millis(1)
+            || self.confirm_timeout > Duration::from_secs(3600)
+        {
             return Err(invalid(
                 "confirm_timeout",
                 self.confirm_timeout,
-                "must be at least 1 ms",
+                "must be between 1 ms and 1 h",
             ));
         }
         if self.checkpoint_every == 0 {

@@ -113,6 +113,16 @@ impl KafkaConfig {
                 "acks, enable.idempotence and message.timeout.ms are fixed",
             ));
         }
+        // librdkafka checks every property now (no client is created), so
+        // that a typo fails `start` instead of every connect attempt, which
+        // would leave the producer spilling for good.
+        if let Err(e) = self.client_config().create_native_config() {
+            return Err(invalid(
+                "extra",
+                e.to_string(),
+                "librdkafka refuses this configuration",
+            ));
+        }
         self.reliability.validate()
     }
 
@@ -323,6 +333,15 @@ mod tests {
         assert!(!refused(&KafkaError::MessageProduction(
             C::NotEnoughReplicas
         )));
+        for bad in [("no.such.property", "1"), ("batch.num.messages", "lots")] {
+            let e = KafkaConfig {
+                extra: vec![(bad.0.into(), bad.1.into())],
+                ..KafkaConfig::default()
+            }
+            .validate()
+            .unwrap_err();
+            assert!(e.to_string().contains(bad.0), "{e}");
+        }
         let c = KafkaConfig::default().client_config();
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));

@@ -52,11 +52,11 @@ pub(crate) fn check_connection(
             "must be between 1 s and 1 h",
         ));
     }
-    if connect_timeout < Duration::from_millis(10) {
+    if connect_timeout < Duration::from_millis(10) || connect_timeout > Duration::from_secs(600) {
         return Err(invalid(
             "connect_timeout",
             connect_timeout,
-            "must be at least 10 ms",
+            "must be between 10 ms and 10 min",
         ));
     }
     Ok(())

@@ -305,13 +305,23 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.to_string().contains("url"), "{e}");
+        // Out of range either way (a huge one would overflow a deadline).
+        for confirm_timeout in [Duration::ZERO, Duration::MAX] {
+            let e = PublisherConfig {
+                confirm_timeout,
+                ..PublisherConfig::default()
+            }
+            .validate()
+            .unwrap_err();
+            assert!(e.to_string().contains("confirm_timeout"), "{e}");
+        }
         let e = PublisherConfig {
-            confirm_timeout: Duration::ZERO,
+            connect_timeout: Duration::MAX,
             ..PublisherConfig::default()
         }
         .validate()
         .unwrap_err();
-        assert!(e.to_string().contains("confirm_timeout"), "{e}");
+        assert!(e.to_string().contains("connect_timeout"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let e = ReliablePublisher::start(PublisherConfig::new(
             "amqp://127.0.0.1:5672/%2f",

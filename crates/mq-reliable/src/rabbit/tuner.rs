@@ -21,6 +21,9 @@ use crate::rabbit::consumer::{ConsumerConfig, Outcome, ReliableConsumer};
 use crate::rabbit::{connect, declare_queue, parse_url, short};
 use crate::topology::QueueSpec;
 
+/// RabbitMQ's default `max_message_size`.
+const MAX_PAYLOAD: usize = 128 << 20;
+
 /// What to measure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TunerConfig {
@@ -78,6 +81,13 @@ impl TunerConfig {
         }
         if self.messages == 0 {
             return Err(invalid("messages", self.messages, "must be positive"));
+        }
+        if self.payload_size > MAX_PAYLOAD {
+            return Err(invalid(
+                "payload_size",
+                self.payload_size,
+                "must be at most 128 MiB (RabbitMQ's largest message)",
+            ));
         }
         if self.max_run < Duration::from_millis(100) {
             return Err(invalid("max_run", self.max_run, "must be at least 100 ms"));
@@ -486,6 +496,13 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.to_string().contains("tolerance"), "{e}");
+        let e = TunerConfig {
+            payload_size: usize::MAX,
+            ..TunerConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("payload_size"), "{e}");
         assert_eq!(nice_ceiling(7300.0), 10_000.0);
         assert_eq!(nice_ceiling(1200.0), 2000.0);
     }
