@@ -62,6 +62,9 @@ pub(crate) enum SendOutcome {
     Ack { returned: Vec<Arc<str>> },
     /// Refused by the broker.
     Nack { returned: Vec<Arc<str>> },
+    /// Refused for what it is (Kafka: too large, invalid): sending it again
+    /// as it is cannot succeed.
+    Rejected { error: String },
     /// The channel, connection or client failed; the link is suspect.
     Failed { error: String },
 }
@@ -600,6 +603,12 @@ impl InFlight {
                         } else {
                             Verdict::Failed(SpillReason::Nacked)
                         }
+                    }
+                    Some(SendOutcome::Rejected { error }) => {
+                        bump(&counters.nacked);
+                        metrics.nacks.increment(1);
+                        warn!(message_id = %slot.msg.id(), %error, "the broker rejects this message");
+                        Verdict::Failed(SpillReason::Rejected)
                     }
                     Some(SendOutcome::Failed { error }) => {
                         debug!(message_id = %slot.msg.id(), %error, "send failed");
@@ -1180,7 +1189,7 @@ impl Actor {
                 if self.replay.as_ref().is_none_or(|r| r.id != run) {
                     return;
                 }
-                if reason == SpillReason::Returned {
+                if matches!(reason, SpillReason::Returned | SpillReason::Rejected) {
                     self.move_to_tail(msg, run, idx, pos);
                 }
                 warn!(message_id = %msg.id(), %reason, "replay interrupted");
@@ -1189,8 +1198,8 @@ impl Actor {
         }
     }
 
-    /// An unroutable record would stop every replay at the same place
-    /// until the topology changes. It is appended again at the end of the
+    /// An unroutable (or rejected) record would stop every replay at the
+    /// same place until the topology (or the broker's limits) change. It is appended again at the end of the
     /// log, so that the records behind it get through meanwhile. Once the
     /// new copy is durable the old one counts as replayed: the ending run's
     /// checkpoint may pass it (the run's final commit waits for the move),

@@ -32,6 +32,7 @@ enum Verdict {
     Acked,
     Returned,
     Refused,
+    Rejected,
 }
 
 #[derive(Default)]
@@ -48,6 +49,8 @@ struct BrokerState {
     nack_once: HashSet<String>,
     /// Ids the broker cannot route: acked with their own return.
     unroutable: HashSet<String>,
+    /// Ids the broker rejects for what they are (Kafka: too large).
+    rejected: HashSet<String>,
     events: Option<mpsc::UnboundedSender<LinkEvent>>,
     alive: Option<Arc<AtomicBool>>,
     connects: u64,
@@ -83,6 +86,7 @@ impl FakeBroker {
             if s.copies[copy].1 == Verdict::Pending {
                 s.copies[copy].1 = match &outcome {
                     SendOutcome::Ack { .. } => Verdict::Acked,
+                    SendOutcome::Rejected { .. } => Verdict::Rejected,
                     _ => Verdict::Refused,
                 };
             }
@@ -190,6 +194,12 @@ impl Link for FakeLink {
                 s.copies.push((id.clone(), Verdict::Returned));
                 return Some(SendOutcome::Ack {
                     returned: vec![Arc::from(id.as_str())],
+                });
+            }
+            if s.rejected.contains(&id) {
+                s.copies.push((id, Verdict::Rejected));
+                return Some(SendOutcome::Rejected {
+                    error: "message too large".into(),
                 });
             }
             match s.mode.unwrap() {
@@ -675,10 +685,25 @@ async fn close_spills_what_the_broker_never_answers() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unroutable_record_moves_to_the_tail_and_does_not_block_the_rest() {
+    poison_record_moves_to_the_tail(|s| &mut s.unroutable, Verdict::Returned).await;
+}
+
+/// A record the broker rejects for what it is (Kafka: too large) would
+/// stop every replay at the same place, for good: it is moved like an
+/// unroutable one.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_record_moves_to_the_tail_and_does_not_block_the_rest() {
+    poison_record_moves_to_the_tail(|s| &mut s.rejected, Verdict::Rejected).await;
+}
+
+async fn poison_record_moves_to_the_tail(
+    set: fn(&mut BrokerState) -> &mut HashSet<String>,
+    verdict: Verdict,
+) {
     let broker = FakeBroker::new(Mode::Ack);
     broker.with(|s| {
         s.refuse_connects = true;
-        s.unroutable.insert("m1".into());
+        set(s).insert("m1".into());
     });
     let spill = MemorySpill::new();
     let e = start(&broker, &spill, 4);
@@ -687,20 +712,29 @@ async fn an_unroutable_record_moves_to_the_tail_and_does_not_block_the_rest() {
     }
     broker.with(|s| s.refuse_connects = false);
     // Everything but m1 gets through; m1 waits at the end of the log.
+    let mut waited = Duration::ZERO;
     while spilled_ids(&spill) != ["m1"] {
+        assert!(
+            waited < Duration::from_secs(600),
+            "the rest never got past m1: {:?}",
+            spilled_ids(&spill)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
     }
     let got = broker.received();
     for i in [0, 2, 3, 4, 5] {
         assert!(got.contains(&format!("m{i}")), "m{i} missing from {got:?}");
     }
-    assert!(e.stats().returned >= 1);
+    let st = e.stats();
+    assert!(st.returned + st.nacked >= 1, "{st:?}");
     assert_ne!(*e.state().borrow(), PublisherState::Healthy);
-    // The topology is fixed: m1 is delivered at the next attempt.
-    broker.with(|s| s.unroutable.clear());
+    // The topology (or the limit) is fixed: m1 is delivered at the next
+    // attempt.
+    broker.with(|s| set(s).clear());
     e.flush().await.unwrap();
     assert!(spill.pending().is_empty());
-    assert_eq!(broker.first_verdict("m1"), Some(Verdict::Returned));
+    assert_eq!(broker.first_verdict("m1"), Some(verdict));
     assert_eq!(broker.received().last().map(String::as_str), Some("m1"));
 }
 
@@ -714,6 +748,7 @@ mod prop {
         AckOldest,
         AckNewest,
         NackOldest,
+        RejectOldest,
         ReturnVia,
         Kill,
         RefuseConnects(bool),
@@ -728,6 +763,7 @@ mod prop {
             3 => Just(Op::AckOldest),
             2 => Just(Op::AckNewest),
             1 => Just(Op::NackOldest),
+            1 => Just(Op::RejectOldest),
             1 => Just(Op::ReturnVia),
             1 => Just(Op::Kill),
             1 => any::<bool>().prop_map(Op::RefuseConnects),
@@ -782,7 +818,11 @@ mod prop {
                         receipts.insert(id, tokio::spawn(async move { e2.submit(m).await?.await }));
                     }
                 }
-                Op::AckOldest | Op::AckNewest | Op::NackOldest | Op::ReturnVia => {
+                Op::AckOldest
+                | Op::AckNewest
+                | Op::NackOldest
+                | Op::RejectOldest
+                | Op::ReturnVia => {
                     let held = broker.held_ids();
                     let pick = match op {
                         Op::AckNewest => held.last(),
@@ -792,6 +832,10 @@ mod prop {
                         match op {
                             Op::NackOldest => {
                                 broker.resolve(&id, SendOutcome::Nack { returned: vec![] });
+                            }
+                            Op::RejectOldest => {
+                                let error = "too large".into();
+                                broker.resolve(&id, SendOutcome::Rejected { error });
                             }
                             Op::ReturnVia if held.len() >= 2 => {
                                 // The newest held message is returned; its
@@ -861,7 +905,9 @@ mod prop {
                 Verdict::Acked => {
                     first_ack.entry(i).or_insert(at);
                 }
-                Verdict::Returned => {
+                // Moved to the tail of the log when replayed: any number
+                // of messages may overtake it.
+                Verdict::Returned | Verdict::Rejected => {
                     returned.insert(i);
                     first_failed.entry(i).or_insert(at);
                 }

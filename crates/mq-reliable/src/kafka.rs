@@ -259,8 +259,8 @@ impl Link for KafkaLink {
                     Ok(Ok(_)) => SendOutcome::Ack {
                         returned: Vec::new(),
                     },
-                    Ok(Err((e, _))) if refused(&e) => SendOutcome::Nack {
-                        returned: Vec::new(),
+                    Ok(Err((e, _))) if refused(&e) => SendOutcome::Rejected {
+                        error: e.to_string(),
                     },
                     Ok(Err((e, _))) => SendOutcome::Failed {
                         error: e.to_string(),
@@ -293,7 +293,9 @@ impl Link for KafkaLink {
 }
 
 /// Errors about this one message (the broker refuses it as such), as
-/// opposed to the cluster or the client failing: spill it, keep the producer.
+/// opposed to the cluster or the client failing: spill it (moving it to the
+/// end of the log at each replay, so that it blocks nothing behind it), keep
+/// the producer.
 fn refused(e: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
     matches!(

@@ -113,9 +113,11 @@
 //! were in flight with it — fewer than `window` when it first failed, and
 //! fewer than `window` more (the same ones each time) in replays where it
 //! fails again, so at most 2 × (`window` − 1) in all; and an unroutable
-//! message, which is moved to the end of the log at each replay so that it
-//! does not block the records behind it, arrives only once the topology
-//! routes it, after everything published meanwhile. (The property test in
+//! message (or one the broker rejects for what it is, see
+//! [`SpillReason::Rejected`]), which is moved to the end of the log at each
+//! replay so that it does not block the records behind it, arrives only
+//! once the topology routes it (or the broker's limit allows it), after
+//! everything published meanwhile. (The property test in
 //! `engine_tests.rs` checks exactly this against a scripted broker.)
 //!
 //! **Recovery pace.** While the broker is down, intake is limited only by the

@@ -137,6 +137,12 @@ pub enum SpillReason {
     Nacked,
     /// The broker could not route the `mandatory` message (basic.return).
     Returned,
+    /// The broker refused the message for what it is (Kafka: larger than
+    /// the topic allows, invalid), so sending it again cannot succeed until
+    /// the broker's limits change. Like an unroutable one, it is moved to
+    /// the end of the spill log at each replay, so it blocks nothing behind
+    /// it (`spill-log dump` shows it to an operator).
+    Rejected,
     /// No confirm arrived within the configured confirm timeout.
     ConfirmTimeout,
     /// The broker blocked the connection (memory or disk alarm).
@@ -153,7 +159,7 @@ pub enum SpillReason {
 
 impl SpillReason {
     /// Every reason, in `index` order.
-    pub(crate) const ALL: [SpillReason; 7] = [
+    pub(crate) const ALL: [SpillReason; 8] = [
         SpillReason::Nacked,
         SpillReason::Returned,
         SpillReason::ConfirmTimeout,
@@ -161,6 +167,7 @@ impl SpillReason {
         SpillReason::ConnectionLost,
         SpillReason::Degraded,
         SpillReason::Shutdown,
+        SpillReason::Rejected,
     ];
 
     /// The position in [`SpillReason::ALL`].
@@ -173,6 +180,7 @@ impl SpillReason {
             SpillReason::ConnectionLost => 4,
             SpillReason::Degraded => 5,
             SpillReason::Shutdown => 6,
+            SpillReason::Rejected => 7,
         }
     }
 
@@ -186,6 +194,7 @@ impl SpillReason {
             SpillReason::ConnectionLost => "connection_lost",
             SpillReason::Degraded => "degraded",
             SpillReason::Shutdown => "shutdown",
+            SpillReason::Rejected => "rejected",
         }
     }
 }

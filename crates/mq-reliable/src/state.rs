@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 ///     └──────────── spill log replayed to the end ─────────┘
 /// ```
 ///
-/// A failure is any of: a nack, a returned (unroutable) message, a confirm
+/// A failure is any of: a nack, a returned (unroutable) or rejected message, a confirm
 /// timeout, `connection.blocked`, a lost channel or connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PublisherState {
@@ -70,7 +70,7 @@ pub struct Stats {
     pub spilled: u64,
     /// Spill records replayed and confirmed by the broker.
     pub replayed: u64,
-    /// Negative acknowledgements received.
+    /// Negative acknowledgements (and Kafka rejections) received.
     pub nacked: u64,
     /// Unroutable messages returned by the broker.
     pub returned: u64,
