@@ -160,7 +160,14 @@ async fn run(a: Args) -> Result<(), String> {
                     eprintln!("zab-node {}: rejected frame from {from:?}: {error}", a.id);
                 }
                 Some(_) => {}
-                None => return Err("node stopped".into()),
+                // The node's loop ended on its own: an epoch file could not
+                // be written, say. Say why.
+                None => {
+                    return match node.shutdown().await {
+                        Ok(()) => Err("node stopped".into()),
+                        Err(e) => Err(format!("node stopped: {e}")),
+                    };
+                }
             },
             _ = tokio::signal::ctrl_c() => return node.shutdown().await.map_err(|e| e.to_string()),
         }

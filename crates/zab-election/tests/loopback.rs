@@ -221,6 +221,40 @@ fn zab_node_rejects_bad_arguments() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--id 4 is not in --peers"));
 }
 
+/// A node that cannot write its epoch files stops, with exit code 1 and
+/// the I/O error on stderr, rather than going on without them.
+#[test]
+fn zab_node_stops_and_says_why_when_it_cannot_persist() {
+    let mut c = Cluster::start(3);
+    c.wait_stable(0, Duration::from_secs(20));
+    // Server 3 comes back with a data dir that cannot be created: it must
+    // persist an epoch to join (or lead) the ensemble.
+    c.kill(3);
+    let mut node = Command::new(env!("CARGO_BIN_EXE_zab-node"))
+        .args(["--id", "3", "--peers", &c.peers])
+        .args(["--finalize-wait-ms", "50", "--tick-ms", "200"])
+        .args(["--data-dir", "/proc/self/zab-epochs"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = node.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = node.kill();
+            panic!("zab-node went on without its epoch files");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut node.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("node stopped: i/o error"), "{stderr}");
+}
+
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
