@@ -44,6 +44,7 @@ impl Dedupe {
 
     /// True the first time `id` is seen within the window; false for a
     /// duplicate (and counts it).
+    #[must_use = "false means a duplicate: skip acting on it"]
     pub fn first_seen(&mut self, id: &str) -> bool {
         if self.set.contains(id) {
             self.duplicates += 1;

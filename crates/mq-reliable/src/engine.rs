@@ -231,7 +231,8 @@ macro_rules! publisher_api {
         /// [`Error::Closed`](crate::Error::Closed)), publishes or spills those
         /// already handed over, waits for the verdicts of those in flight
         /// (spilling any that fail or time out), persists the replay
-        /// checkpoint and closes the connection.
+        /// checkpoint, closes the connection and the spill log: once it
+        /// returns, another publisher may open the spill directory.
         pub async fn close(&self) {
             self.engine.close().await;
         }
@@ -1024,6 +1025,8 @@ impl Actor {
 
     fn send(&mut self, msg: Message, origin: Origin) {
         let Some(link) = self.link.as_mut() else {
+            // Callers check for a link; should one not, nothing is dropped.
+            self.on_failed(&msg, origin, SpillReason::ConnectionLost);
             return;
         };
         let fut = link.send(&msg);

@@ -35,14 +35,6 @@ pub enum Error {
     /// corrupt segment). A message whose spill failed is not acknowledged.
     #[error("spill log: {0}")]
     Spill(#[source] SpillError),
-    /// A record read back from the spill log is not one this crate wrote.
-    #[error("spill record at {position} cannot be decoded: {reason}")]
-    CorruptRecord {
-        /// Where the record sits in the log.
-        position: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
     /// A publisher or consumer was started outside a tokio runtime.
     #[error("{0} must be started inside a tokio runtime")]
     NoRuntime(&'static str),
