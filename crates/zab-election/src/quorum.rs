@@ -125,7 +125,14 @@ impl Hierarchical {
         }
         let mut group_weight: BTreeMap<u64, u64> = BTreeMap::new();
         for (sid, gid) in &server_group {
-            *group_weight.entry(*gid).or_default() += server_weight[sid];
+            let total = group_weight.entry(*gid).or_default();
+            // A quorum's weights are subsets of these sums, so checking them
+            // here keeps `contains_quorum` from overflowing too.
+            *total = total.checked_add(server_weight[sid]).ok_or_else(|| {
+                Error::InvalidQuorum(format!(
+                    "the weights of group {gid} overflow at server {sid}"
+                ))
+            })?;
         }
         let groups_with_weight = group_weight.values().filter(|&&w| w > 0).count();
         if groups_with_weight == 0 {
@@ -301,5 +308,7 @@ mod tests {
         assert!(Hierarchical::new([(1, vec![1]), (2, vec![1])], []).is_err());
         assert!(Hierarchical::new([(1, vec![1])], [(2, 1)]).is_err());
         assert!(Hierarchical::new([(1, vec![1])], [(1, 0)]).is_err());
+        let e = Hierarchical::new([(7, vec![1, 2])], [(1, u64::MAX), (2, 1)]).unwrap_err();
+        assert!(e.to_string().contains("group 7"), "{e}");
     }
 }
