@@ -35,7 +35,8 @@ pub struct Config {
     pub sync_limit: u32,
     /// ZOOKEEPER-3109: a new leader that has waited this long for its epoch
     /// quits as soon as a server that voted for it is LOOKING again.
-    /// `None` (ZooKeeper's default) waits the whole `init_limit`.
+    /// `None` (ZooKeeper's default) waits the whole `init_limit`. At most
+    /// an hour.
     pub max_time_to_wait_for_epoch: Option<Duration>,
 }
 
@@ -101,6 +102,15 @@ impl Config {
                 "init_limit and sync_limit must be at most 1000 ticks",
             );
         }
+        if let Some(wait) = self.max_time_to_wait_for_epoch
+            && wait > Duration::from_secs(3600)
+        {
+            return bad(
+                "max_time_to_wait_for_epoch",
+                format!("{wait:?}"),
+                "must be at most an hour",
+            );
+        }
         if self.init_limit == 0 {
             return bad(
                 "init_limit",
@@ -158,6 +168,14 @@ mod tests {
         assert!(
             e.contains("max_notification_interval") && e.contains("10ms"),
             "{e}"
+        );
+        let mut c = Config::new(1);
+        c.max_time_to_wait_for_epoch = Some(Duration::MAX);
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_time_to_wait_for_epoch")
         );
         let mut c = Config::new(1);
         c.sync_limit = 0;
