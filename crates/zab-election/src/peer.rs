@@ -26,6 +26,11 @@ use crate::types::{Epoch, LearnerType, Round, ServerId, ServerState, Vote, Zxid}
 /// this epoch: do not count me" (ZooKeeper sends -1).
 pub(crate) const NOT_AN_ACK: Epoch = u64::MAX;
 
+/// The latest time a peer keeps: later times given by the driver are taken
+/// as this one, so that adding any configured interval (validated to at
+/// most about a week) cannot overflow a `Duration`.
+const LATEST: Duration = Duration::from_secs(1 << 62);
+
 /// What a server keeps on disk across restarts (ZooKeeper's `acceptedEpoch`
 /// and `currentEpoch` files, and the last logged zxid).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -264,6 +269,7 @@ impl<Q: QuorumVerifier> Peer<Q> {
     /// persisted current epoch exceeds the accepted one.
     pub fn new(config: Config, quorum: Q, disk: Persistent, now: Duration) -> Result<Self> {
         config.validate()?;
+        let now = now.min(LATEST);
         let id = config.id;
         if !quorum.is_member(id) {
             return Err(Error::NotAMember { id });
@@ -429,8 +435,9 @@ impl<Q: QuorumVerifier> Peer<Q> {
     }
 
     /// Advances time to `now` (earlier values are ignored) and fires every
-    /// timer due by then.
+    /// timer due by then. Times past 2^62 seconds count as that.
     pub fn tick(&mut self, now: Duration) {
+        let now = now.min(LATEST);
         if now > self.now {
             self.now = now;
         }
@@ -1802,6 +1809,25 @@ mod tests {
                 proptest::prop_assert!(p.next_deadline().is_some());
             }
         }
+    }
+
+    /// Time comes from the driver: an absurd one must not overflow the
+    /// deadline arithmetic, whatever state the peer is in.
+    #[test]
+    fn absurd_times_do_not_overflow() {
+        let mut p = Peer::new(
+            Config::new(1),
+            Majority::new(1..=3).unwrap(),
+            Persistent::default(),
+            Duration::MAX,
+        )
+        .unwrap();
+        p.tick(Duration::MAX);
+        p.step(2, note(ServerState::Following, 1, 0, 1, 0)).unwrap();
+        p.step(3, note(ServerState::Following, 1, 0, 1, 0)).unwrap();
+        assert_eq!(p.state(), ServerState::Leading);
+        p.tick(Duration::MAX);
+        assert!(p.next_deadline().is_some());
     }
 
     #[test]
