@@ -2,7 +2,9 @@
 //!
 //! * (a) `per_message`: wait for each confirm before the next publish;
 //! * (b) `batch`: publish 100, wait for their confirms, repeat;
-//! * (c) `streaming`: `ReliablePublisher`'s confirm window;
+//! * (c) `streaming`: `ReliablePublisher`'s confirm window, to one queue
+//!   and spread over four (a direct exchange, one routing key per queue):
+//!   one classic queue is one Erlang process, which bounds the first;
 //! * (d) `spill`: the same publisher while the broker is unreachable, next
 //!   to the double-buffer log's own durable rate for the same records;
 //! * replay: that spill log drained to the broker by a restarted publisher;
@@ -24,14 +26,20 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use mq_reliable::double_buffer::SpillLog;
 use mq_reliable::lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use mq_reliable::lapin::types::FieldTable;
-use mq_reliable::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use mq_reliable::lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+};
 use mq_reliable::{
-    Message, PublisherConfig, PublisherState, QueueSpec, Receipt, ReliabilityConfig,
+    ExchangeType, Message, PublisherConfig, PublisherState, QueueSpec, Receipt, ReliabilityConfig,
     ReliablePublisher, Topology, TunerConfig, tune_prefetch,
 };
+
+/// Queues (c) is spread over in its second row.
+const ROUTES: usize = 4;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -197,7 +205,7 @@ async fn main() -> Result<()> {
     let publisher = ReliablePublisher::start(cfg)?;
     wait_healthy(&publisher).await?;
     let window = args.window;
-    let (secs, confirmed) = publish_stream(&publisher, sizes.streaming, &payload).await?;
+    let (secs, confirmed) = publish_stream(&publisher, sizes.streaming, &payload, 1).await?;
     if confirmed != sizes.streaming {
         bail!(
             "streaming: only {confirmed} of {} confirmed (broker trouble?)",
@@ -210,6 +218,69 @@ async fn main() -> Result<()> {
         messages: sizes.streaming,
         seconds: secs,
         note: format!("window {window}, every message confirmed"),
+    });
+
+    // The same over four queues: a direct exchange, queue k bound with
+    // routing key "k<k>", messages spread round-robin with
+    // `Message::with_routing_key` (order then holds per queue).
+    let x = format!("mqr-bench-x-{tag}");
+    let setup = conn.create_channel().await?;
+    setup
+        .exchange_declare(
+            x.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for k in 0..ROUTES {
+        let q = format!("mqr-bench-c{k}-{tag}");
+        setup
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        setup
+            .queue_bind(
+                q.as_str().into(),
+                x.as_str().into(),
+                format!("k{k}").as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        queues.push(q);
+    }
+    let dir_c4 = tempfile::tempdir()?;
+    let mut cfg = PublisherConfig::new(
+        &url,
+        Topology::exchange(&x, ExchangeType::Direct, "k0"),
+        dir_c4.path(),
+    );
+    cfg.reliability.window = args.window;
+    let publisher = ReliablePublisher::start(cfg)?;
+    wait_healthy(&publisher).await?;
+    let (secs, confirmed) = publish_stream(&publisher, sizes.streaming, &payload, ROUTES).await?;
+    if confirmed != sizes.streaming {
+        bail!(
+            "streaming over {ROUTES} queues: only {confirmed} of {} confirmed",
+            sizes.streaming
+        );
+    }
+    publisher.close().await;
+    rows.push(Row {
+        name: "    the same over 4 queues",
+        messages: sizes.streaming,
+        seconds: secs,
+        note: format!("window {window}, direct exchange, a routing key per queue"),
     });
 
     // (d) The spill path: the broker unreachable (a port nobody listens on).
@@ -232,7 +303,7 @@ async fn main() -> Result<()> {
             Topology::queue(QueueSpec::classic(&q)),
             dir.path(),
         ))?;
-        let (secs, confirmed) = publish_stream(&spilling, sizes.spill, &payload).await?;
+        let (secs, confirmed) = publish_stream(&spilling, sizes.spill, &payload, 1).await?;
         if confirmed != 0 {
             bail!("spill: {confirmed} confirmed by a broker that does not exist");
         }
@@ -315,6 +386,9 @@ async fn main() -> Result<()> {
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
+    let _ = ch
+        .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+        .await;
     let _ = conn.close(200, "bench done".into()).await;
 
     println!(
@@ -339,23 +413,35 @@ async fn main() -> Result<()> {
     println!("\nprefetch tuner (handler 0 ms, one handler at a time):");
     print!("{}", report.table());
     let rps = |i: usize| rows[i].rps();
-    let (a, b, c, d, log, replay, consumer) =
-        (rps(0), rps(1), rps(2), rps(3), rps(4), rps(5), rps(6));
+    let (a, b, c, c4, d, log, replay, consumer) = (
+        rps(0),
+        rps(1),
+        rps(2),
+        rps(3),
+        rps(4),
+        rps(5),
+        rps(6),
+        rps(7),
+    );
     println!(
-        "\nstreaming = {:.1} x per-message, {:.2} x batch; spill = {:.2} x the log's own durable rate; \
-         replay = {:.2} x streaming",
+        "\nstreaming = {:.1} x per-message ({:.1} x over {ROUTES} queues), {:.2} x batch; \
+         spill = {:.2} x the log's own durable rate; replay = {:.2} x streaming",
         c / a,
+        c4 / a,
         c / b,
         d / log,
         replay / c
     );
     println!(
-        "{{\"per_message_rps\":{a:.0},\"batch_rps\":{b:.0},\"streaming_rps\":{c:.0},\"spill_rps\":{d:.0},\
+        "{{\"per_message_rps\":{a:.0},\"batch_rps\":{b:.0},\"streaming_rps\":{c:.0},\
+         \"streaming_4q_rps\":{c4:.0},\"spill_rps\":{d:.0},\
          \"replay_rps\":{replay:.0},\"spill_log_rps\":{log:.0},\"consumer_rps\":{consumer:.0},\
-         \"tuned_prefetch\":{},\"streaming_over_per_message\":{:.1},\"streaming_over_batch\":{:.2},\
+         \"tuned_prefetch\":{},\"streaming_over_per_message\":{:.1},\
+         \"streaming_4q_over_per_message\":{:.1},\"streaming_over_batch\":{:.2},\
          \"spill_over_log\":{:.2},\"replay_over_streaming\":{:.2},\"smoke\":{}}}",
         report.recommended,
         c / a,
+        c4 / a,
         c / b,
         d / log,
         replay / c,
@@ -396,8 +482,15 @@ async fn wait_healthy(p: &ReliablePublisher) -> Result<()> {
     Ok(())
 }
 
-/// Publishes `n` messages through `p`, pipelined; (seconds, confirmed).
-async fn publish_stream(p: &ReliablePublisher, n: u64, payload: &[u8]) -> Result<(f64, u64)> {
+/// Publishes `n` messages through `p`, pipelined, round-robin over routing
+/// keys `k0..k<routes>` when `routes` > 1; (seconds, confirmed).
+async fn publish_stream(
+    p: &ReliablePublisher,
+    n: u64,
+    payload: &[u8],
+    routes: usize,
+) -> Result<(f64, u64)> {
+    let keys: Vec<String> = (0..routes).map(|k| format!("k{k}")).collect();
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
     let mut confirmed = 0;
@@ -408,10 +501,11 @@ async fn publish_stream(p: &ReliablePublisher, n: u64, payload: &[u8]) -> Result
         Ok(())
     };
     for i in 0..n {
-        pending.push(
-            p.submit(Message::new(i.to_string(), payload.to_vec()))
-                .await?,
-        );
+        let mut msg = Message::new(i.to_string(), payload.to_vec());
+        if routes > 1 {
+            msg = msg.with_routing_key(keys[i as usize % routes].clone());
+        }
+        pending.push(p.submit(msg).await?);
         while pending.len() >= 16_384 {
             if let Some(r) = pending.next().await {
                 count(r)?;
@@ -436,7 +530,8 @@ async fn spill_log_rate(n: u64, len: usize) -> Result<(f64, u64)> {
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
     for _ in 0..n {
-        pending.push(log.append_keyed(0, &record)?.durable());
+        // The publisher's own call: the async append, pinned to one slice.
+        pending.push(log.append_keyed_async(0, &record).await?.durable());
         while pending.len() >= window {
             if let Some(r) = pending.next().await {
                 r?;
