@@ -169,6 +169,8 @@ pub enum TransportEvent {
     },
 }
 
+/// What the manager task hears: from the `Transport` handle, the accept
+/// loop, the dialling tasks and each connection's reader.
 enum Internal {
     Send(ServerId, Message),
     /// A connection that won the tie-break, after the hello.
@@ -199,19 +201,10 @@ enum Internal {
 /// The running transport. Dropping it stops every task.
 #[derive(Debug)]
 pub struct Transport {
-    tx: mpsc::UnboundedSender<InternalBox>,
+    tx: mpsc::UnboundedSender<Internal>,
     events: mpsc::UnboundedReceiver<TransportEvent>,
     local_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
-}
-
-/// `Internal` boxed behind a Debug-able wrapper.
-struct InternalBox(Internal);
-
-impl std::fmt::Debug for InternalBox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Internal")
-    }
 }
 
 impl Transport {
@@ -240,7 +233,7 @@ impl Transport {
 
     /// Queues `msg` for `to`; never blocks. Unknown peers are ignored.
     pub fn send(&self, to: ServerId, msg: Message) {
-        let _ = self.tx.send(InternalBox(Internal::Send(to, msg)));
+        let _ = self.tx.send(Internal::Send(to, msg));
     }
 
     /// The next event; `None` once the transport has stopped.
@@ -251,7 +244,7 @@ impl Transport {
 
 impl Drop for Transport {
     fn drop(&mut self) {
-        let _ = self.tx.send(InternalBox(Internal::Shutdown));
+        let _ = self.tx.send(Internal::Shutdown);
         for t in &self.tasks {
             t.abort();
         }
@@ -305,7 +298,7 @@ fn parse_hello(payload: &[u8]) -> Result<ServerId> {
 async fn accept_loop(
     listener: TcpListener,
     config: TransportConfig,
-    tx: mpsc::UnboundedSender<InternalBox>,
+    tx: mpsc::UnboundedSender<Internal>,
 ) {
     loop {
         let Ok((mut stream, addr)) = listener.accept().await else {
@@ -331,31 +324,31 @@ async fn accept_loop(
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(%addr, error = %e, "rejecting a connection");
-                    let _ = tx.send(InternalBox(Internal::Bad {
+                    let _ = tx.send(Internal::Bad {
                         peer: None,
                         error: format!("connection from {addr}: {e}"),
-                    }));
+                    });
                     return;
                 }
             };
             if peer == config.id || !config.peers.contains_key(&peer) {
                 tracing::warn!(%addr, peer, "rejecting a connection from an unknown or own id");
-                let _ = tx.send(InternalBox(Internal::Bad {
+                let _ = tx.send(Internal::Bad {
                     peer: Some(peer),
                     error: format!("connection from {addr} claims unknown id {peer}"),
-                }));
+                });
                 return;
             }
             if peer < config.id {
                 // We win the challenge: drop theirs and dial back.
                 drop(stream);
-                let _ = tx.send(InternalBox(Internal::Dial(peer)));
+                let _ = tx.send(Internal::Dial(peer));
             } else {
-                let _ = tx.send(InternalBox(Internal::Up {
+                let _ = tx.send(Internal::Up {
                     peer,
                     stream,
                     outbound: false,
-                }));
+                });
             }
         });
     }
@@ -371,7 +364,7 @@ struct Link {
 
 struct Manager {
     config: TransportConfig,
-    tx: mpsc::UnboundedSender<InternalBox>,
+    tx: mpsc::UnboundedSender<Internal>,
     events: mpsc::UnboundedSender<TransportEvent>,
     links: BTreeMap<ServerId, Link>,
     next_conn: u64,
@@ -380,7 +373,7 @@ struct Manager {
 impl Manager {
     fn new(
         config: TransportConfig,
-        tx: mpsc::UnboundedSender<InternalBox>,
+        tx: mpsc::UnboundedSender<Internal>,
         events: mpsc::UnboundedSender<TransportEvent>,
     ) -> Self {
         let links = config
@@ -408,7 +401,7 @@ impl Manager {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<InternalBox>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Internal>) {
         let smaller: Vec<ServerId> = self
             .links
             .keys()
@@ -418,7 +411,7 @@ impl Manager {
         for p in smaller {
             self.dial(p);
         }
-        while let Some(InternalBox(cmd)) = rx.recv().await {
+        while let Some(cmd) = rx.recv().await {
             match cmd {
                 Internal::Send(to, msg) => self.send(to, msg),
                 Internal::Up {
@@ -508,19 +501,19 @@ impl Manager {
             .await;
             match dialed {
                 Ok(Ok(stream)) if peer < me => {
-                    let _ = tx.send(InternalBox(Internal::Up {
+                    let _ = tx.send(Internal::Up {
                         peer,
                         stream,
                         outbound: true,
-                    }));
+                    });
                 }
                 Ok(Ok(stream)) => {
                     // We lose the challenge: hang up, the peer dials back.
                     drop(stream);
-                    let _ = tx.send(InternalBox(Internal::DialFailed(peer)));
+                    let _ = tx.send(Internal::DialFailed(peer));
                 }
                 _ => {
-                    let _ = tx.send(InternalBox(Internal::DialFailed(peer)));
+                    let _ = tx.send(Internal::DialFailed(peer));
                 }
             }
         });
@@ -559,7 +552,7 @@ impl Manager {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = tx.send(InternalBox(Internal::Dial(peer)));
+            let _ = tx.send(Internal::Dial(peer));
         });
     }
 
@@ -594,14 +587,14 @@ impl Manager {
                 match read_frame(&mut read, max).await {
                     Ok(Some(payload)) => match Message::decode_payload(&payload) {
                         Ok(msg) => {
-                            let _ = tx.send(InternalBox(Internal::Frame { peer, conn, msg }));
+                            let _ = tx.send(Internal::Frame { peer, conn, msg });
                         }
                         Err(e) => {
                             tracing::warn!(peer, error = %e, "dropping a malformed frame");
-                            let _ = tx.send(InternalBox(Internal::Bad {
+                            let _ = tx.send(Internal::Bad {
                                 peer: Some(peer),
                                 error: e.to_string(),
-                            }));
+                            });
                         }
                     },
                     Ok(None) => break,
@@ -611,15 +604,15 @@ impl Manager {
                     }
                     Err(e) => {
                         tracing::warn!(peer, error = %e, "closing the connection");
-                        let _ = tx.send(InternalBox(Internal::Bad {
+                        let _ = tx.send(Internal::Bad {
                             peer: Some(peer),
                             error: e.to_string(),
-                        }));
+                        });
                         break;
                     }
                 }
             }
-            let _ = tx.send(InternalBox(Internal::Closed { peer, conn }));
+            let _ = tx.send(Internal::Closed { peer, conn });
         });
         // Flush what waited; with nothing waiting, resend the last message.
         let mut pending: Vec<Message> = link.queue.drain(..).collect();
