@@ -11,8 +11,9 @@ use std::sync::Arc;
 /// Memory is bounded: once `capacity` distinct ids were recorded, the oldest
 /// one is forgotten. Size the window above the largest distance between two
 /// copies of a message: the replay checkpoint interval plus twice the
-/// publisher's in-flight window (see the crate docs); a copy arriving after
-/// more than `capacity` newer distinct ids is not recognised.
+/// publisher's in-flight window (see the crate docs; unroutable and rejected
+/// messages excepted); a copy arriving after more than `capacity` newer
+/// distinct ids is not recognised.
 ///
 /// ```
 /// let mut seen = mq_reliable::Dedupe::new(2);

@@ -889,7 +889,46 @@ mod prop {
             spill.pending().is_empty(),
             "the log drains once the broker behaves"
         );
-        check_order(&broker.with(|s| s.copies.clone()), WINDOW);
+        let copies = broker.with(|s| s.copies.clone());
+        check_order(&copies, WINDOW);
+        check_copy_distance(&copies, WINDOW);
+    }
+
+    /// The Dedupe sizing promise without crashes: between the first copy of
+    /// a message the broker may have stored and any later copy, fewer than
+    /// 2 × window other messages are stored for the first time (a Dedupe
+    /// remembers ids in the order it first saw them), unroutable and
+    /// rejected messages excepted.
+    fn check_copy_distance(copies: &[(String, Verdict)], window: usize) {
+        // Acked copies are stored; pending ones (the link died) may be.
+        let stored: Vec<(usize, &str)> = copies
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, v))| matches!(v, Verdict::Acked | Verdict::Pending))
+            .map(|(at, (id, _))| (at, id.as_str()))
+            .collect();
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        for &(at, id) in &stored {
+            first.entry(id).or_insert(at);
+        }
+        // Returned and rejected ones move to the tail of the log: they may
+        // come back after any number of others (documented).
+        let moved: HashSet<&str> = copies
+            .iter()
+            .filter(|(_, v)| matches!(v, Verdict::Returned | Verdict::Rejected))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        for &(at, id) in &stored {
+            let from = first[id];
+            if at == from || moved.contains(id) {
+                continue;
+            }
+            let between = first.values().filter(|&&f| f > from && f < at).count();
+            assert!(
+                between <= 2 * (window - 1),
+                "{between} new messages between two copies of {id}: {copies:?}"
+            );
+        }
     }
 
     /// The ordering promise, on the copies the broker got (wire order, with

@@ -88,7 +88,9 @@
 //! The window is a sliding one: a message is sent only within `window` of
 //! the oldest one still awaiting its verdict. So two copies of one message
 //! are never more than `checkpoint_every` + 2 × `window` distinct messages
-//! apart: a [`Dedupe`] of that capacity catches every duplicate.
+//! apart: a [`Dedupe`] of that capacity catches every duplicate — except
+//! of an unroutable or rejected message, which moves to the end of the log
+//! (see Ordering) and can come back after any number of others.
 //!
 //! librdkafka's idempotent producer adds no copies of its own (its retries are
 //! deduplicated by the broker). On the consuming side, RabbitMQ redelivers
