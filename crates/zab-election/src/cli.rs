@@ -4,14 +4,16 @@
 //! ```text
 //! zab-node --id N --peers 1=127.0.0.1:4001,2=127.0.0.1:4002,3=127.0.0.1:4003
 //!          [--zxid Z] [--epoch E] [--finalize-wait-ms MS] [--tick-ms MS]
-//!          [--data-dir DIR]
+//!          [--data-dir DIR] [--metrics-addr HOST:PORT]
 //! ```
 //!
 //! Prints every state change as one JSON line on stdout, e.g.
 //! `{"id":1,"state":"LEADING","leader":1,"round":3,"peer_epoch":0,"zxid":0,"elapsed_ms":212}`
 //! (`elapsed_ms` counts from the node's start; a LEADING or FOLLOWING line
 //! with a new `peer_epoch` means the leader is established); rejected
-//! frames and errors go to stderr.
+//! frames and errors go to stderr. With `--metrics-addr` the node serves
+//! its metrics ([`crate::metrics`]) for Prometheus at
+//! `http://HOST:PORT/metrics`, and says so on stderr.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -20,13 +22,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::metrics::{ELECTION_DURATION, ELECTION_DURATION_BUCKETS};
 use crate::node::{Node, NodeConfig, NodeEvent};
 use crate::transport::TransportConfig;
 use crate::{Config, Event, Majority, Persistent, Quorum, Status};
 
 /// The usage text.
 pub const USAGE: &str = "usage: zab-node --id N --peers ID=HOST:PORT,... [--zxid Z] [--epoch E] \
-[--finalize-wait-ms MS] [--tick-ms MS] [--data-dir DIR]
+[--finalize-wait-ms MS] [--tick-ms MS] [--data-dir DIR] [--metrics-addr HOST:PORT]
 
   --id N                 this server's id; must be one of --peers
   --peers LIST           every server, this one included: 1=127.0.0.1:4001,2=...
@@ -34,7 +37,8 @@ pub const USAGE: &str = "usage: zab-node --id N --peers ID=HOST:PORT,... [--zxid
   --epoch E              accepted and current epoch when no --data-dir file says otherwise, default 0
   --finalize-wait-ms MS  wait after a quorum agrees, default 200
   --tick-ms MS           ZooKeeper's tickTime: pings every half tick, limits in ticks, default 2000
-  --data-dir DIR         keep acceptedEpoch/currentEpoch here (fsynced)";
+  --data-dir DIR         keep acceptedEpoch/currentEpoch here (fsynced)
+  --metrics-addr ADDR    serve the zab_* metrics for Prometheus at http://ADDR/metrics";
 
 #[derive(Debug)]
 struct Args {
@@ -45,6 +49,7 @@ struct Args {
     finalize_wait_ms: u64,
     tick_ms: u64,
     data_dir: Option<PathBuf>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn parse_u64(flag: &str, v: &str) -> Result<u64, String> {
@@ -66,6 +71,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         finalize_wait_ms: 200,
         tick_ms: 2000,
         data_dir: None,
+        metrics_addr: None,
     };
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
@@ -95,6 +101,13 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--finalize-wait-ms" => a.finalize_wait_ms = parse_u64("--finalize-wait-ms", &value)?,
             "--tick-ms" => a.tick_ms = parse_u64("--tick-ms", &value)?,
             "--data-dir" => a.data_dir = Some(PathBuf::from(value)),
+            "--metrics-addr" => {
+                a.metrics_addr = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--metrics-addr: `{value}` is not HOST:PORT"))?,
+                );
+            }
             other => return Err(format!("unknown flag `{other}`")),
         }
     }
@@ -123,6 +136,19 @@ fn json_line(s: &Status, elapsed: Duration) -> String {
     )
 }
 
+/// Installs the Prometheus recorder and its listener on `addr`, before the
+/// node registers its metric handles.
+fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(ELECTION_DURATION.to_owned()),
+            ELECTION_DURATION_BUCKETS,
+        )
+        .and_then(|b| b.install())
+        .map_err(|e| format!("--metrics-addr {addr}: {e}"))
+}
+
 async fn run(a: Args) -> Result<(), String> {
     let mut election = Config::new(a.id);
     election.finalize_wait = Duration::from_millis(a.finalize_wait_ms);
@@ -144,6 +170,10 @@ async fn run(a: Args) -> Result<(), String> {
         },
         data_dir: a.data_dir,
     };
+    if let Some(addr) = a.metrics_addr {
+        serve_metrics(addr)?;
+        eprintln!("zab-node {}: metrics on http://{addr}/metrics", a.id);
+    }
     let mut node = Node::start(config).await.map_err(|e| e.to_string())?;
     let mut out = std::io::stdout();
     loop {
@@ -156,8 +186,12 @@ async fn run(a: Args) -> Result<(), String> {
                 Some(NodeEvent::Peer { event: Event::LostLeader { reason }, .. }) => {
                     eprintln!("zab-node {}: looking again: {reason}", a.id);
                 }
-                Some(NodeEvent::Rejected { from, error }) => {
-                    eprintln!("zab-node {}: rejected frame from {from:?}: {error}", a.id);
+                Some(NodeEvent::Rejected { from, reason, error }) => {
+                    eprintln!(
+                        "zab-node {}: rejected frame from {from:?} ({}): {error}",
+                        a.id,
+                        reason.as_str()
+                    );
                 }
                 Some(_) => {}
                 // The node's loop ended on its own: an epoch file could not
@@ -222,6 +256,14 @@ mod tests {
             .unwrap();
         assert_eq!((a.id, a.zxid, a.epoch, a.finalize_wait_ms), (2, 16, 3, 20));
         assert_eq!(a.peers.len(), 2);
+        assert_eq!(a.metrics_addr, None);
+        let a = args("--id 1 --peers 1=127.0.0.1:4001 --metrics-addr 127.0.0.1:9100")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            a.metrics_addr,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9100)))
+        );
         assert!(args("--help").unwrap().is_none());
     }
 
@@ -249,6 +291,11 @@ mod tests {
                 .contains("twice")
         );
         assert!(args("--id 1 --bogus 2").unwrap_err().contains("--bogus"));
+        assert!(
+            args("--id 1 --peers 1=127.0.0.1:1 --metrics-addr 9100")
+                .unwrap_err()
+                .contains("--metrics-addr: `9100`")
+        );
     }
 
     #[test]

@@ -89,6 +89,8 @@ mod types;
 #[cfg(feature = "node")]
 pub mod cli;
 #[cfg(feature = "node")]
+pub mod metrics;
+#[cfg(feature = "node")]
 pub mod node;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -4,7 +4,9 @@
 //! The driver wakes on a message, a connection change or the peer's next
 //! deadline; it calls `tick(now)` first, then `step`, and drains the peer:
 //! events first (a [`Event::Persist`] is written and fsynced before any
-//! later message leaves), then messages.
+//! later message leaves), then messages. It reports what it drains, and its
+//! transport's connection changes, through the `metrics` facade: see
+//! [`crate::metrics`] for the names.
 
 use std::fs;
 use std::io::Write as _;
@@ -17,9 +19,10 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::metrics::NodeMetrics;
 use crate::peer::{Event, Peer, Persistent};
 use crate::quorum::{Quorum, QuorumVerifier};
-use crate::transport::{Transport, TransportConfig, TransportEvent};
+use crate::transport::{RejectReason, Transport, TransportConfig, TransportEvent};
 
 /// Everything a node needs.
 #[derive(Clone, Debug)]
@@ -98,6 +101,8 @@ pub enum NodeEvent {
     Rejected {
         /// The peer, if known.
         from: Option<u64>,
+        /// What kind of fault.
+        reason: RejectReason,
         /// What was wrong.
         error: String,
     },
@@ -114,6 +119,8 @@ pub struct Node {
 
 impl Node {
     /// Validates the config, binds the transport and starts the election.
+    /// The node's metric handles are registered here, with the recorder
+    /// current at the call (see [`crate::metrics`]).
     pub async fn start(config: NodeConfig) -> Result<Node> {
         config.validate()?;
         let disk = match &config.data_dir {
@@ -129,14 +136,18 @@ impl Node {
             disk,
             Duration::ZERO,
         )?;
+        let metrics = NodeMetrics::new(config.election.id);
         let (ev_tx, events) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(drive(
-            peer,
-            transport,
-            config.data_dir,
-            start,
-            ev_tx,
+            Driver {
+                peer,
+                transport,
+                data_dir: config.data_dir,
+                start,
+                events: ev_tx,
+                metrics,
+            },
             stop_rx,
         ));
         Ok(Node {
@@ -176,63 +187,66 @@ impl Drop for Node {
     }
 }
 
-async fn drive(
-    mut peer: Peer<Quorum>,
-    mut transport: Transport,
+/// What the node's task owns.
+struct Driver {
+    peer: Peer<Quorum>,
+    transport: Transport,
     data_dir: Option<PathBuf>,
     start: Instant,
     events: mpsc::UnboundedSender<NodeEvent>,
-    mut stop: oneshot::Receiver<()>,
-) -> Result<()> {
-    flush(&mut peer, &transport, data_dir.as_deref(), start, &events)?;
+    metrics: NodeMetrics,
+}
+
+async fn drive(mut d: Driver, mut stop: oneshot::Receiver<()>) -> Result<()> {
+    d.flush()?;
     loop {
-        let deadline = peer
-            .next_deadline()
-            .map_or_else(|| Instant::now() + Duration::from_secs(3600), |d| start + d);
+        let deadline = d.peer.next_deadline().map_or_else(
+            || Instant::now() + Duration::from_secs(3600),
+            |t| d.start + t,
+        );
         tokio::select! {
             _ = &mut stop => return Ok(()),
-            ev = transport.recv() => {
+            ev = d.transport.recv() => {
                 let Some(ev) = ev else { return Ok(()) };
-                peer.tick(start.elapsed());
+                d.peer.tick(d.start.elapsed());
+                d.metrics.transport_event(&ev);
                 match ev {
                     TransportEvent::Message { from, msg } => {
-                        if let Err(e) = peer.step(from, msg) {
+                        if let Err(e) = d.peer.step(from, msg) {
                             tracing::warn!(error = %e, "message rejected by the state machine");
                         }
                     }
-                    TransportEvent::Disconnected(p) => peer.peer_disconnected(p),
+                    TransportEvent::Disconnected(p) => d.peer.peer_disconnected(p),
                     TransportEvent::Connected { .. } => {}
-                    TransportEvent::Rejected { from, error } => {
-                        let _ = events.send(NodeEvent::Rejected { from, error });
+                    TransportEvent::Rejected { from, reason, error } => {
+                        let _ = d.events.send(NodeEvent::Rejected { from, reason, error });
                     }
                 }
             }
-            () = tokio::time::sleep_until(deadline) => peer.tick(start.elapsed()),
+            () = tokio::time::sleep_until(deadline) => d.peer.tick(d.start.elapsed()),
         }
-        flush(&mut peer, &transport, data_dir.as_deref(), start, &events)?;
+        d.flush()?;
     }
 }
 
-fn flush(
-    peer: &mut Peer<Quorum>,
-    transport: &Transport,
-    data_dir: Option<&Path>,
-    start: Instant,
-    events: &mpsc::UnboundedSender<NodeEvent>,
-) -> Result<()> {
-    while let Some(event) = peer.poll_event() {
-        if let (Event::Persist(d), Some(dir)) = (&event, data_dir) {
-            save_epochs(dir, *d)?;
+impl Driver {
+    /// Drains the peer: events (persisting, counting and forwarding them),
+    /// then messages.
+    fn flush(&mut self) -> Result<()> {
+        while let Some(event) = self.peer.poll_event() {
+            if let (Event::Persist(d), Some(dir)) = (&event, self.data_dir.as_deref()) {
+                save_epochs(dir, *d)?;
+            }
+            let elapsed = self.start.elapsed();
+            self.metrics.peer_event(&event, elapsed);
+            let _ = self.events.send(NodeEvent::Peer { elapsed, event });
         }
-        let _ = events.send(NodeEvent::Peer {
-            elapsed: start.elapsed(),
-            event,
-        });
+        self.metrics.status(&self.peer.status());
+        while let Some((to, msg)) = self.peer.poll_message() {
+            self.transport.send(to, msg);
+        }
+        Ok(())
     }
-    while let Some((to, msg)) = peer.poll_message() {
-        transport.send(to, msg);
-    }
-    Ok(())
 }
 
 /// Reads `acceptedEpoch` and `currentEpoch` from `dir`; missing files keep

@@ -164,9 +164,67 @@ pub enum TransportEvent {
     Rejected {
         /// The peer, if known.
         from: Option<ServerId>,
+        /// What kind of fault, for counting.
+        reason: RejectReason,
         /// What was wrong.
         error: String,
     },
+}
+
+/// Why the transport rejected a frame or a connection: a small fixed set,
+/// so that it can label a metric (`zab_frames_rejected_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// A payload that does not decode (unknown kind, wrong length, a field
+    /// out of range), or a hello that is not one; the frame is dropped.
+    Malformed,
+    /// A frame of a wire version this build does not speak; dropped.
+    Version,
+    /// A frame announcing more than `max_frame` bytes; the connection is
+    /// closed.
+    TooLarge,
+    /// A connection whose hello claims an id that is not a peer (or is this
+    /// server's own); refused.
+    UnknownPeer,
+    /// A connection that sent no hello within the handshake timeout, or
+    /// failed while sending it; refused.
+    Handshake,
+}
+
+impl RejectReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::Malformed,
+        RejectReason::Version,
+        RejectReason::TooLarge,
+        RejectReason::UnknownPeer,
+        RejectReason::Handshake,
+    ];
+
+    /// The reason as a metric label: `malformed`, `version`, `too_large`,
+    /// `unknown_peer` or `handshake`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "malformed",
+            RejectReason::Version => "version",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::UnknownPeer => "unknown_peer",
+            RejectReason::Handshake => "handshake",
+        }
+    }
+
+    /// The reason for an error while reading or decoding a frame (an I/O
+    /// error can only be reported during the hello: a failed handshake).
+    fn of(e: &Error) -> Self {
+        match e {
+            Error::FrameTooLarge { .. } => RejectReason::TooLarge,
+            Error::UnsupportedVersion(_) => RejectReason::Version,
+            Error::Io(_) => RejectReason::Handshake,
+            _ => RejectReason::Malformed,
+        }
+    }
 }
 
 /// What the manager task hears: from the `Transport` handle, the accept
@@ -186,6 +244,7 @@ enum Internal {
     },
     Bad {
         peer: Option<ServerId>,
+        reason: RejectReason,
         error: String,
     },
     Closed {
@@ -315,17 +374,21 @@ async fn accept_loop(
             )
             .await;
             let peer = match hello {
-                Ok(Ok(Some(p))) => parse_hello(&p),
+                Ok(Ok(Some(p))) => parse_hello(&p).map_err(|e| (RejectReason::of(&e), e)),
                 Ok(Ok(None)) => return,
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(Error::MalformedFrame("no hello in time".into())),
+                Ok(Err(e)) => Err((RejectReason::of(&e), e)),
+                Err(_) => Err((
+                    RejectReason::Handshake,
+                    Error::MalformedFrame("no hello in time".into()),
+                )),
             };
             let peer = match peer {
                 Ok(p) => p,
-                Err(e) => {
+                Err((reason, e)) => {
                     tracing::warn!(%addr, error = %e, "rejecting a connection");
                     let _ = tx.send(Internal::Bad {
                         peer: None,
+                        reason,
                         error: format!("connection from {addr}: {e}"),
                     });
                     return;
@@ -335,6 +398,7 @@ async fn accept_loop(
                 tracing::warn!(%addr, peer, "rejecting a connection from an unknown or own id");
                 let _ = tx.send(Internal::Bad {
                     peer: Some(peer),
+                    reason: RejectReason::UnknownPeer,
                     error: format!("connection from {addr} claims unknown id {peer}"),
                 });
                 return;
@@ -432,10 +496,16 @@ impl Manager {
                             .send(TransportEvent::Message { from: peer, msg });
                     }
                 }
-                Internal::Bad { peer, error } => {
-                    let _ = self
-                        .events
-                        .send(TransportEvent::Rejected { from: peer, error });
+                Internal::Bad {
+                    peer,
+                    reason,
+                    error,
+                } => {
+                    let _ = self.events.send(TransportEvent::Rejected {
+                        from: peer,
+                        reason,
+                        error,
+                    });
                 }
                 Internal::Closed { peer, conn } => self.closed(peer, conn),
                 Internal::Dial(peer) => {
@@ -593,6 +663,7 @@ impl Manager {
                             tracing::warn!(peer, error = %e, "dropping a malformed frame");
                             let _ = tx.send(Internal::Bad {
                                 peer: Some(peer),
+                                reason: RejectReason::of(&e),
                                 error: e.to_string(),
                             });
                         }
@@ -606,6 +677,7 @@ impl Manager {
                         tracing::warn!(peer, error = %e, "closing the connection");
                         let _ = tx.send(Internal::Bad {
                             peer: Some(peer),
+                            reason: RejectReason::of(&e),
                             error: e.to_string(),
                         });
                         break;

@@ -7,9 +7,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use testkit::TestRecorder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zab_election::transport::{Transport, TransportConfig, TransportEvent};
-use zab_election::{Message, Notification, ServerState, Vote};
+use zab_election::metrics::{
+    CONNECTED_PEERS, ELECTION_LAST_DURATION, ELECTIONS, EPOCH, FRAMES_REJECTED, LEADER_ELECTED,
+    RECONNECTS, STATE,
+};
+use zab_election::node::{Node, NodeConfig};
+use zab_election::transport::{RejectReason, Transport, TransportConfig, TransportEvent};
+use zab_election::{
+    Config, Majority, Message, Notification, Persistent, Quorum, ServerState, Vote,
+};
 
 /// One parsed output line of `zab-node`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +56,8 @@ fn free_ports(n: usize) -> Vec<u16> {
 struct Cluster {
     peers: String,
     data: Option<tempfile::TempDir>,
+    /// Servers started with `--metrics-addr`, and where.
+    metrics: BTreeMap<u64, SocketAddr>,
     procs: BTreeMap<u64, Child>,
     latest: Arc<Mutex<BTreeMap<u64, Line>>>,
     all: Arc<Mutex<Vec<String>>>,
@@ -59,6 +69,10 @@ impl Cluster {
     }
 
     fn start_with(n: u64, data_dirs: bool) -> Cluster {
+        Self::start_full(n, data_dirs, false)
+    }
+
+    fn start_full(n: u64, data_dirs: bool, metrics: bool) -> Cluster {
         let ports = free_ports(n as usize);
         let peers = (1..=n)
             .map(|i| format!("{i}=127.0.0.1:{}", ports[i as usize - 1]))
@@ -67,12 +81,17 @@ impl Cluster {
         let mut c = Cluster {
             peers,
             data: None,
+            metrics: BTreeMap::new(),
             procs: BTreeMap::new(),
             latest: Arc::default(),
             all: Arc::default(),
         };
         if data_dirs {
             c.data = Some(tempfile::tempdir().unwrap());
+        }
+        if metrics {
+            let ports = free_ports(n as usize);
+            c.metrics = (1..=n).zip(ports.into_iter().map(addr)).collect();
         }
         for id in 1..=n {
             c.spawn(id);
@@ -86,6 +105,9 @@ impl Cluster {
             .args(["--finalize-wait-ms", "50", "--tick-ms", "200"]);
         if let Some(d) = &self.data {
             cmd.arg("--data-dir").arg(d.path().join(id.to_string()));
+        }
+        if let Some(a) = self.metrics.get(&id) {
+            cmd.args(["--metrics-addr", &a.to_string()]);
         }
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -361,18 +383,25 @@ async fn malformed_and_oversized_frames_are_rejected() {
     let good = note(7).to_payload();
     let mut bad_state = good.clone();
     bad_state[2] = 42;
-    for bad in [
-        vec![9u8, 1, 0],
-        vec![zab_election::WIRE_VERSION, 77],
-        good[..10].to_vec(),
-        bad_state,
-        vec![],
+    for (bad, why) in [
+        (vec![9u8, 1, 0], RejectReason::Version),
+        (
+            vec![zab_election::WIRE_VERSION, 77],
+            RejectReason::Malformed,
+        ),
+        (good[..10].to_vec(), RejectReason::Malformed),
+        (bad_state, RejectReason::Malformed),
+        (vec![], RejectReason::Malformed),
     ] {
         raw.write_all(&frame(&bad)).await.unwrap();
-        assert!(matches!(
-            next(&mut t1).await,
-            TransportEvent::Rejected { from: Some(2), .. }
-        ));
+        match next(&mut t1).await {
+            TransportEvent::Rejected {
+                from: Some(2),
+                reason,
+                ..
+            } => assert_eq!(reason, why, "{bad:?}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
     }
     raw.write_all(&frame(&good)).await.unwrap();
     assert_eq!(
@@ -386,6 +415,7 @@ async fn malformed_and_oversized_frames_are_rejected() {
     match next(&mut t1).await {
         TransportEvent::Rejected {
             from: Some(2),
+            reason: RejectReason::TooLarge,
             error,
         } => assert!(error.contains("exceeds"), "{error}"),
         other => panic!("{other:?}"),
@@ -396,7 +426,11 @@ async fn malformed_and_oversized_frames_are_rejected() {
     junk.write_all(&frame(&[1, 2, 3])).await.unwrap();
     assert!(matches!(
         next(&mut t1).await,
-        TransportEvent::Rejected { from: None, .. }
+        TransportEvent::Rejected {
+            from: None,
+            reason: RejectReason::Malformed,
+            ..
+        }
     ));
 }
 
@@ -472,4 +506,119 @@ async fn a_peer_that_stops_reading_does_not_pile_up_messages() {
     let received = (bytes - 14) / note(0).to_frame().len();
     println!("{received} of {sent} messages arrived");
     assert!(received < sent / 2, "{received} of {sent} messages arrived");
+}
+
+/// Three in-process nodes, each built under its own recorder: the leader
+/// and both followers report one concluded election, their state, their
+/// connected peers and how long the election took.
+#[tokio::test]
+async fn nodes_report_elections_states_and_connections_through_metrics() {
+    let ports = free_ports(3);
+    let peers: BTreeMap<u64, SocketAddr> = (1..=3).zip(ports.into_iter().map(addr)).collect();
+    let recorders: BTreeMap<u64, TestRecorder> =
+        (1..=3).map(|id| (id, TestRecorder::new())).collect();
+    let mut nodes = BTreeMap::new();
+    for (&id, &listen) in &peers {
+        let mut election = Config::new(id);
+        election.finalize_wait = Duration::from_millis(50);
+        let mut others = peers.clone();
+        others.remove(&id);
+        let config = NodeConfig {
+            election,
+            quorum: Quorum::Majority(Majority::new(peers.keys().copied()).unwrap()),
+            transport: TransportConfig::new(id, listen, others),
+            disk: Persistent::default(),
+            data_dir: None,
+        };
+        let guard = recorders[&id].guard();
+        let node = Node::start(config).await.unwrap();
+        drop(guard);
+        nodes.insert(id, node);
+    }
+    let id_label = |id: u64| id.to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Drain events so that the nodes' channels do not grow.
+        for node in nodes.values_mut() {
+            while let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(1), node.next_event()).await
+            {
+            }
+        }
+        let states: Vec<Option<f64>> = recorders
+            .iter()
+            .map(|(&id, r)| r.gauge(STATE, &[("id", &id_label(id))]))
+            .collect();
+        let connected = recorders
+            .iter()
+            .all(|(&id, r)| r.gauge(CONNECTED_PEERS, &[("id", &id_label(id))]) == Some(2.0));
+        if states == [Some(1.0), Some(1.0), Some(2.0)] && connected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no settled election: states {states:?}, {recorders:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (&id, r) in &recorders {
+        let label = id_label(id);
+        let l = [("id", label.as_str())];
+        assert_eq!(r.counter(ELECTIONS, &l), 1, "server {id}: one election");
+        assert_eq!(
+            r.counter_sum(LEADER_ELECTED),
+            1,
+            "server {id}: one decision"
+        );
+        assert_eq!(r.counter(RECONNECTS, &l), 0, "server {id}");
+        assert_eq!(r.counter_sum(FRAMES_REJECTED), 0, "server {id}");
+        let took = r.gauge(ELECTION_LAST_DURATION, &l).expect("a duration");
+        assert!(
+            (0.05..20.0).contains(&took),
+            "server {id}: the election took {took} s, finalize wait included"
+        );
+        assert!(
+            r.gauge(EPOCH, &l).is_some_and(|e| e >= 1.0),
+            "server {id}: {r:?}"
+        );
+    }
+}
+
+/// `zab-node --metrics-addr` serves the node's metrics for Prometheus.
+#[test]
+fn zab_node_serves_its_metrics_for_prometheus() {
+    let c = Cluster::start_full(3, false, true);
+    let (leader, _) = c.wait_stable(0, Duration::from_secs(20));
+    let scrape = |id: u64| {
+        let mut s = std::net::TcpStream::connect(c.metrics[&id]).unwrap();
+        std::io::Write::write_all(
+            &mut s,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+        body
+    };
+    let body = scrape(leader);
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains(&format!("zab_state{{id=\"{leader}\"}} 2")),
+        "the leader reports LEADING: {body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "zab_transport_connected_peers{{id=\"{leader}\"}} 2"
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains("zab_election_duration_seconds_bucket"),
+        "{body}"
+    );
+    let follower = if leader == 1 { 2 } else { 1 };
+    assert!(
+        scrape(follower).contains(&format!("zab_state{{id=\"{follower}\"}} 1")),
+        "a follower reports FOLLOWING"
+    );
 }
