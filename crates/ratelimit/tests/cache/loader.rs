@@ -10,7 +10,9 @@ use ratelimit::bytes::Bytes;
 use ratelimit::metrics::READS;
 use ratelimit::{BlankReason, Error, LocalConfig, Lookup, ProtectedCache};
 
-use crate::support::{TestRecorder, shared_redis, test_config, unique_key, unique_name};
+use testkit::TestRecorder;
+
+use crate::support::{shared_redis, test_config, unique_key, unique_name};
 
 #[derive(Debug)]
 struct DbDown;
@@ -180,7 +182,7 @@ async fn loads_are_bounded_in_number_and_time() {
 
 #[tokio::test]
 async fn hot_keys_are_served_locally_and_refreshed_by_one_request() {
-    let recorder = TestRecorder::global();
+    let recorder = TestRecorder::new();
     let url = shared_redis();
     let clock = FakeRelativeClock::default();
     let name = unique_name("local");
@@ -194,12 +196,15 @@ async fn hot_keys_are_served_locally_and_refreshed_by_one_request() {
     cfg.breaker.open_duration = Duration::from_secs(3600);
     let key = unique_key("local");
     let hot = key.clone();
+    // The cache registers its metric handles when it connects.
+    let guard = recorder.guard();
     let cache = ProtectedCache::builder(cfg)
         .clock(clock.clone())
         .hot_keys(move |k: &[u8]| k == hot.as_bytes())
         .connect()
         .await
         .unwrap();
+    drop(guard);
     let redis_hits = || {
         recorder.counter(
             READS,
@@ -274,15 +279,18 @@ async fn hot_keys_are_served_locally_and_refreshed_by_one_request() {
 #[cfg(feature = "hotkey")]
 #[tokio::test]
 async fn keys_reported_by_a_hotkey_set_are_hot() {
-    let recorder = TestRecorder::global();
+    let recorder = TestRecorder::new();
     let url = shared_redis();
     let name = unique_name("hotkeyset");
     let (set, updater) = hotkey::HotKeySet::manual();
+    // The cache registers its metric handles when it connects.
+    let guard = recorder.guard();
     let cache = ProtectedCache::builder(test_config(&name, &url))
         .hot_keys(set)
         .connect()
         .await
         .unwrap();
+    drop(guard);
     let key = unique_key("hotkeyset");
     cache.set(&key, "v", None).await.unwrap();
     let local = || {

@@ -1,15 +1,13 @@
 //! Shared test support: unique keys, configs, a private Redis server whose
-//! counters nobody else touches, and a metrics recorder.
+//! counters nobody else touches.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use ratelimit::{BreakerConfig, Config, Window};
 use testkit::Service;
 
@@ -224,79 +222,4 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-/// A global `metrics` recorder that keeps every counter and gauge, so
-/// tests can read what a cache (labelled with a unique name) reported.
-#[derive(Default)]
-pub struct TestRecorder {
-    counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
-    gauges: Mutex<HashMap<String, Arc<AtomicU64>>>,
-}
-
-fn render(key: &Key) -> String {
-    let mut labels: Vec<String> = key
-        .labels()
-        .map(|l| format!("{}={}", l.key(), l.value()))
-        .collect();
-    labels.sort();
-    format!("{}{{{}}}", key.name(), labels.join(","))
-}
-
-impl Recorder for TestRecorder {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let mut map = self.counters.lock().unwrap();
-        Counter::from_arc(Arc::clone(map.entry(render(key)).or_default()))
-    }
-
-    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-        let mut map = self.gauges.lock().unwrap();
-        Gauge::from_arc(Arc::clone(map.entry(render(key)).or_default()))
-    }
-
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
-}
-
-impl TestRecorder {
-    /// Installs the recorder once for the whole test binary.
-    pub fn global() -> &'static TestRecorder {
-        static RECORDER: OnceLock<&'static TestRecorder> = OnceLock::new();
-        RECORDER.get_or_init(|| {
-            let recorder: &'static TestRecorder = Box::leak(Box::default());
-            metrics::set_global_recorder(recorder).expect("no other recorder in this binary");
-            recorder
-        })
-    }
-
-    /// A counter's value; `labels` as `k=v` sorted by key.
-    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let key = format!("{name}{{{}}}", sorted(labels));
-        self.counters
-            .lock()
-            .unwrap()
-            .get(&key)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    /// A gauge's value.
-    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let key = format!("{name}{{{}}}", sorted(labels));
-        self.gauges
-            .lock()
-            .unwrap()
-            .get(&key)
-            .map_or(f64::NAN, |g| f64::from_bits(g.load(Ordering::Relaxed)))
-    }
-}
-
-fn sorted(labels: &[(&str, &str)]) -> String {
-    let mut v: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    v.sort();
-    v.join(",")
 }
