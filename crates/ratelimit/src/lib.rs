@@ -14,7 +14,7 @@
 //! | per-instance read limit | GCRA (governor) on reads sent to Redis; over it → `Blank(RateLimited)` | 10 000/s, burst 1 000 |
 //! | per-key limit for hot keys | GCRA per key, for keys the [`HotKeys`] predicate calls hot (a closure, or `hotkey::HotKeySet` with the `hotkey` feature); over it → `Blank(KeyRateLimited)` | 20/s, burst 5 |
 //! | bounded key tracking | [`BoundedKeyStore`]: hard cap on tracked keys, idle keys evicted (exactly: only full buckets), keys beyond the cap share one overflow cell — governor's keyed stores grow without bound (its issue #171) | 10 000 keys, 60 s idle |
-//! | local cache for hot keys | in-process, bounded in **bytes** (moka's weigher), fresh for a short TTL, then served stale while exactly one request refreshes it; a key read 100 000 times a second costs Redis about one read per TTL | 64 MiB, 1 s TTL, 5 s max stale |
+//! | local cache for hot keys | in-process, bounded in **bytes** by its own accounting: up to 16 shards of immutable maps behind `arc-swap` (a hit takes no lock), each with an equal share of `max_bytes`; an entry counts key + value + 160 bytes, and a write drops entries older than `ttl + max_stale`, then evicts the entries fetched longest ago until its shard is within its share (a value above a share is not kept locally). Fresh for `ttl`, then served stale for up to `max_stale` while exactly one request refreshes it; misses are kept too. A key read 100 000 times a second costs Redis about one read per TTL. (moka holds only the negative and too-large memos, bounded by entry count.) | 64 MiB, 1 s TTL, 5 s max stale |
 //! | circuit breaker | [`CircuitBreaker`]: Closed → Open on error ratio, slow-call ratio or error count over a sliding count/time window with a minimum number of calls; Open → Half-open after a delay; exactly N probes; while open, reads are `Blank(CircuitOpen)` at once | 10 s window, ≥ 20 calls, 50 % errors or 80 % slower than 100 ms, open 5 s, 3 probes |
 //! | timeouts | every Redis call; a read that exceeds it is `Blank(Timeout)`, a write is [`Error::Timeout`] | 250 ms |
 //! | miss storms | `get_or_load`: one loader run per key (single flight), the others wait for its result; at most N loads at once; optional negative caching | 64 loads, 2 s timeout, no negative cache |
@@ -82,7 +82,9 @@
 //!   (none at all with `read_probe_bytes = 0`, which costs Redis a Lua
 //!   call per read); its verdict is then remembered for the local TTL.
 //! * The per-key limiter never tracks more than `max_tracked_keys` keys, and
-//!   the local cache never holds more than `local.max_bytes` bytes.
+//!   the local cache never holds more than `local.max_bytes` bytes as it
+//!   counts them (key + value + 160 bytes per entry; a write briefly copies
+//!   its shard's map, not the values).
 //! * Writes: `Ok` means Redis acknowledged the write. [`Error::Timeout`]
 //!   means it may or may not have been applied. Local copies (this
 //!   instance) are dropped on every write, and a refresh already reading
