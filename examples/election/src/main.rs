@@ -20,9 +20,17 @@
 //! 4. Over every line every server printed, no epoch ever had two leaders.
 //!
 //! The scenario ends with one JSON line of promises (the election times are
-//! in it) and exits non-zero if one failed. Metrics (`election_*`, recorded
-//! here from the nodes' lines: the crate has no metrics of its own) are
-//! served for Prometheus at the printed URL.
+//! in it) and exits non-zero if one failed.
+//!
+//! **Metrics.** Each `zab-node` runs with `--metrics-addr` and serves its
+//! own `zab_*` metrics (`zab_election::metrics`: elections entered,
+//! elections concluded by rule, state, epoch, election durations) at
+//! `http://127.0.0.1:PORT/metrics`; the ports are logged. At the end the
+//! scenario scrapes every node over HTTP, prints `zab_elections_total`,
+//! `zab_leader_elected_total` and `zab_election_last_duration_seconds` per
+//! server, and checks that each server's metrics agree with the role it
+//! printed. The app's own `election_*` metrics (served at the printed URL)
+//! measure the ensemble from outside: SIGKILL to every server established.
 //!
 //! **Demo settings:** none shortened: ZooKeeper's tickTime (2 s) and
 //! finalizeWait (200 ms). A killed process's connections close at once, so
@@ -39,7 +47,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use demo_support::{
-    MetricsEndpoint, Phase, Process, Promises, demo_setting, free_ports, helper_binary,
+    MetricsEndpoint, Phase, Process, Promises, demo_setting, free_ports, helper_binary, metric_sum,
+    scrape,
 };
 use serde::Deserialize;
 use tokio::process::Command;
@@ -96,10 +105,12 @@ async fn scenario(args: Args) -> Result<ExitCode> {
     let mut promises = Promises::new("election");
     let data = tempfile::tempdir().context("creating the data directories")?;
     let ids: Vec<u64> = (1..=args.servers).collect();
-    let ports = free_ports(ids.len())?;
+    // One election port and one metrics port per server.
+    let all_ports = free_ports(2 * ids.len())?;
+    let (ports, metrics_ports) = all_ports.split_at(ids.len());
     let peers = ids
         .iter()
-        .zip(&ports)
+        .zip(ports)
         .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
         .collect::<Vec<_>>()
         .join(",");
@@ -110,7 +121,14 @@ async fn scenario(args: Args) -> Result<ExitCode> {
             ZXID
         }
     };
-    let mut cluster = Cluster::default();
+    let mut cluster = Cluster {
+        metrics_addrs: ids
+            .iter()
+            .zip(metrics_ports)
+            .map(|(&id, &port)| (id, SocketAddr::from(([127, 0, 0, 1], port))))
+            .collect(),
+        ..Cluster::default()
+    };
 
     // 1. Five servers start and elect.
     let started = Instant::now();
@@ -248,6 +266,45 @@ async fn scenario(args: Args) -> Result<ExitCode> {
         !leaders.is_empty() && leaders.values().all(|who| who.len() == 1),
     );
 
+    // 5. What each node counted itself, scraped from its /metrics.
+    let roles: BTreeMap<u64, &str> = cluster
+        .latest
+        .iter()
+        .map(|(&id, l)| (id, l.state.as_str()))
+        .collect();
+    let counted = cluster.scrape_nodes().await;
+    print_node_metrics(&counted, &roles);
+    let agree = counted
+        .iter()
+        .filter(|(id, m)| {
+            m.leader_elected >= 1.0
+                && m.last_duration.is_some_and(|d| d > 0.0)
+                && m.state.and_then(state_name) == roles.get(id).copied()
+        })
+        .count();
+    let leader = second_leader.and_then(|l| counted.get(&l).map(|m| (l, m)));
+    promises.check(
+        "each node's zab_* metrics count its elections and show its role",
+        match leader {
+            Some((l, m)) => format!(
+                "leader {l}: zab_elections_total {}, zab_leader_elected_total {}, last election \
+                 {:.0} ms, zab_state {}; every count and state agrees with the printed role \
+                 on {agree} of {} servers",
+                m.elections,
+                m.leader_elected,
+                m.last_duration.unwrap_or(0.0) * 1e3,
+                m.state.and_then(state_name).unwrap_or("?"),
+                ids.len()
+            ),
+            None => format!(
+                "no leader to check; metrics scraped from {} of {} servers",
+                counted.len(),
+                ids.len()
+            ),
+        },
+        leader.is_some_and(|(_, m)| m.state == Some(2.0)) && agree == ids.len(),
+    );
+
     metrics.print_key_metrics(&["election_"]).await?;
     cluster.stop().await;
     Ok(promises.finish())
@@ -259,6 +316,48 @@ fn best(ids: &[u64], zxid: impl Fn(u64) -> u64) -> u64 {
         .copied()
         .max_by_key(|&id| (zxid(id), id))
         .unwrap_or(0)
+}
+
+/// What one node's `/metrics` said.
+#[derive(Debug, Default)]
+struct NodeMetrics {
+    elections: f64,
+    leader_elected: f64,
+    last_duration: Option<f64>,
+    state: Option<f64>,
+}
+
+/// ZooKeeper's ordinal of a state, as `zab_state` reports it, by name.
+fn state_name(ordinal: f64) -> Option<&'static str> {
+    match ordinal as u8 {
+        0 => Some("LOOKING"),
+        1 => Some("FOLLOWING"),
+        2 => Some("LEADING"),
+        3 => Some("OBSERVING"),
+        _ => None,
+    }
+}
+
+fn print_node_metrics(counted: &BTreeMap<u64, NodeMetrics>, roles: &BTreeMap<u64, &str>) {
+    println!("zab-node metrics (each scraped from its own /metrics):");
+    println!(
+        "  {:<6}  {:<9}  {:>19}  {:>24}  {:>34}",
+        "server",
+        "role",
+        "zab_elections_total",
+        "zab_leader_elected_total",
+        "zab_election_last_duration_seconds"
+    );
+    for (id, m) in counted {
+        println!(
+            "  {id:<6}  {:<9}  {:>19}  {:>24}  {:>34}",
+            roles.get(id).copied().unwrap_or("-"),
+            m.elections,
+            m.leader_elected,
+            m.last_duration
+                .map_or("-".to_owned(), |d| format!("{d:.3}")),
+        );
+    }
 }
 
 fn record_election(leader: u64, took: Duration) {
@@ -299,6 +398,8 @@ struct Established {
 #[derive(Default)]
 struct Cluster {
     servers: BTreeMap<u64, Process>,
+    /// Where each server serves its metrics (kept across a restart).
+    metrics_addrs: BTreeMap<u64, SocketAddr>,
     latest: BTreeMap<u64, Line>,
     /// Every line, with when it arrived and whether its server had been restarted.
     lines: Vec<(Instant, Line, bool)>,
@@ -323,6 +424,9 @@ impl Cluster {
             .args(["--finalize-wait-ms", &args.finalize_wait_ms.to_string()])
             .arg("--data-dir")
             .arg(dir);
+        if let Some(addr) = self.metrics_addrs.get(&id) {
+            cmd.arg("--metrics-addr").arg(addr.to_string());
+        }
         if self.servers.contains_key(&id) || self.lines.iter().any(|(_, l, _)| l.id == id) {
             self.restarted.insert(id);
         }
@@ -417,6 +521,33 @@ impl Cluster {
             }
         }
         leaders
+    }
+
+    /// Scrapes every running server's `/metrics`; a server that does not
+    /// answer is logged and left out.
+    async fn scrape_nodes(&self) -> BTreeMap<u64, NodeMetrics> {
+        let mut out = BTreeMap::new();
+        for id in self.servers.keys() {
+            let Some(&addr) = self.metrics_addrs.get(id) else {
+                continue;
+            };
+            match scrape(addr).await {
+                Ok(page) => {
+                    out.insert(
+                        *id,
+                        NodeMetrics {
+                            elections: metric_sum(&page, "zab_elections_total").unwrap_or(0.0),
+                            leader_elected: metric_sum(&page, "zab_leader_elected_total")
+                                .unwrap_or(0.0),
+                            last_duration: metric_sum(&page, "zab_election_last_duration_seconds"),
+                            state: metric_sum(&page, "zab_state"),
+                        },
+                    );
+                }
+                Err(e) => tracing::warn!("server {id}: no metrics: {e:#}"),
+            }
+        }
+        out
     }
 
     async fn stop(&mut self) {
