@@ -13,6 +13,12 @@ const NPM_PACKAGES: &[&str] = &["eureka-js-client@4.5.0"];
 /// Debian packages the tests run, with the file that shows they are there.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[("chromium", "/usr/bin/chromium")];
 
+/// The commands that install and run [`NPM_PACKAGES`], and Debian's
+/// packages that provide them (Debian 12: `npm` is packaged apart from
+/// `nodejs`).
+const NODE_COMMANDS: &[&str] = &["node", "npm"];
+const NODE_PACKAGES: &[&str] = &["nodejs", "npm"];
+
 /// Where the npm packages go; tests look for `node_modules` there.
 fn test_deps_dir() -> PathBuf {
     crate::target_dir().join("test-deps")
@@ -21,8 +27,12 @@ fn test_deps_dir() -> PathBuf {
 pub(crate) fn ensure() -> Result<()> {
     for (package, file) in DEBIAN_PACKAGES {
         if !Path::new(file).exists() {
-            crate::services::apt_install(package)?;
+            crate::services::apt_install(&[package])?;
         }
+    }
+    if let Some(missing) = NODE_COMMANDS.iter().find(|c| !on_path(c)) {
+        println!("`{missing}` is not on PATH; the Eureka client tests need Node.js and npm");
+        crate::services::apt_install(NODE_PACKAGES)?;
     }
     let dir = test_deps_dir();
     let missing: Vec<&str> = NPM_PACKAGES
@@ -44,7 +54,7 @@ pub(crate) fn ensure() -> Result<()> {
         .arg(&dir)
         .args(&missing)
         .status()
-        .context("running npm (install Debian's `nodejs` and `npm` packages)")?;
+        .context("running npm")?;
     if !status.success() {
         bail!("`npm install {}` failed with {status}", missing.join(" "));
     }
@@ -58,4 +68,26 @@ fn installed(dir: &Path, spec: &str) -> bool {
     std::fs::read_to_string(manifest)
         .map(|m| m.contains(&format!("\"version\": \"{version}\"")))
         .unwrap_or(false)
+}
+
+/// Whether an executable file named `command` is in a directory of `PATH`.
+fn on_path(command: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(command))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_path;
+
+    #[test]
+    fn finds_commands_on_path_only() {
+        assert!(on_path("sh"), "every Debian machine has /bin/sh on PATH");
+        assert!(!on_path("no-such-command-xtask-7f3a"));
+    }
 }

@@ -250,21 +250,34 @@ fn ensure_installed(service: Service) -> Result<()> {
     if Path::new(probe).exists() {
         return Ok(());
     }
-    apt_install(package)
+    apt_install(&[package])
 }
 
-/// Installs a Debian package when we are root, or says how to.
-pub(crate) fn apt_install(package: &str) -> Result<()> {
+/// Installs Debian packages when we are root (saying so), or fails naming
+/// them and the command that installs them.
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
+    let names = packages
+        .iter()
+        .map(|p| format!("`{p}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let list = packages.join(" ");
+    let (plural, verb) = if packages.len() == 1 {
+        ("", "is")
+    } else {
+        ("s", "are")
+    };
     if !is_root() {
         bail!(
-            "Debian package `{package}` is not installed and we are not root; \
-             install it with `sudo apt-get install -y {package}`"
+            "Debian package{plural} {names} {verb} not installed and we are not root; \
+             install with `sudo apt-get install -y {list}`"
         );
     }
-    println!("installing Debian package `{package}` with apt-get (we are root)");
+    println!("installing Debian package{plural} {names} with apt-get (we are root)");
     let install = || {
         Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends", package])
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
     };
@@ -274,7 +287,7 @@ pub(crate) fn apt_install(package: &str) -> Result<()> {
     println!("apt-get install failed; refreshing the package lists and retrying");
     let _ = Command::new("apt-get").args(["update", "-q"]).status()?;
     if !install()?.success() {
-        bail!("`apt-get install -y {package}` failed");
+        bail!("`apt-get install -y {list}` failed");
     }
     Ok(())
 }
