@@ -1,12 +1,15 @@
-//! Big values, on a private server whose traffic counters only this test
-//! moves.
+//! Big values, on private servers whose traffic counters only these tests
+//! move (the soft-limit warning, which counts on the client, uses the
+//! shared one).
 
 use std::time::Duration;
 
 use governor::clock::FakeRelativeClock;
+use ratelimit::metrics::BIG_VALUES;
 use ratelimit::{BigValueConfig, Error, Lookup, ProtectedCache, ValueKind};
+use testkit::TestRecorder;
 
-use crate::support::{PrivateRedis, admin, test_config, unique_key, unique_name};
+use crate::support::{PrivateRedis, admin, shared_redis, test_config, unique_key, unique_name};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -271,4 +274,53 @@ async fn a_one_node_redis_cluster_by_configuration() {
         cache.get(&big).await.unwrap(),
         Lookup::TooLarge { .. }
     ));
+}
+
+#[tokio::test]
+async fn values_above_the_soft_limit_are_served_and_counted_as_warned() {
+    const KIB: usize = 1024;
+    let name = unique_name("bigwarn");
+    let mut cfg = test_config(&name, &shared_redis());
+    cfg.local = None;
+    cfg.big_values = BigValueConfig {
+        max_bytes: 64 * KIB as u64,
+        warn_bytes: 4 * KIB as u64,
+        max_elements: 100,
+        read_probe_bytes: 16 * KIB as u64,
+    };
+    let recorder = TestRecorder::new();
+    let guard = recorder.guard();
+    let cache = ProtectedCache::connect(cfg).await.unwrap();
+    drop(guard);
+    let metric =
+        |event: &str| recorder.counter(BIG_VALUES, &[("cache", name.as_str()), ("event", event)]);
+
+    // At or below the soft limit: served, not warned.
+    for len in [100, 4 * KIB] {
+        let key = unique_key("bigwarn-small");
+        cache.set(&key, vec![b's'; len], None).await.unwrap();
+        assert!(matches!(cache.get(&key).await.unwrap(), Lookup::Hit(v) if v.len() == len));
+        cache.del(&key).await.unwrap();
+    }
+    assert_eq!(metric("warned"), 0, "a value within the soft limit warned");
+
+    // Between the soft and the hard limit: written and read, each counted
+    // once; both read paths (a value within the probe, and one longer than
+    // the probe, read by the script) warn.
+    let mut warned = 0;
+    for len in [4 * KIB + 1, 32 * KIB] {
+        let key = unique_key("bigwarn-big");
+        cache.set(&key, vec![b'b'; len], None).await.unwrap();
+        warned += 1;
+        assert_eq!(metric("warned"), warned, "write of {len} bytes");
+        match cache.get(&key).await.unwrap() {
+            Lookup::Hit(v) => assert_eq!(v.len(), len),
+            other => panic!("{len} bytes are below the hard limit, got {other:?}"),
+        }
+        warned += 1;
+        assert_eq!(metric("warned"), warned, "read of {len} bytes");
+        cache.del(&key).await.unwrap();
+    }
+    assert_eq!(metric("read_refused"), 0);
+    assert_eq!(metric("write_refused"), 0);
 }
