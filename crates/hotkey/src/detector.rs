@@ -292,6 +292,10 @@ impl Detector {
     /// Records `n` reads of `key` at `now_ms` (the sans-IO form: time is an
     /// argument). Time should not go backwards by more than a bucket; reads
     /// stamped in the past are counted in the newest bucket they meet.
+    ///
+    /// Any `now_ms` is accepted, `u64::MAX` included: time arithmetic
+    /// saturates instead of overflowing (bucket numbers wrap, as they do
+    /// every 2^32 buckets anyway).
     #[inline]
     pub fn record_at(&self, key: &[u8], n: u64, now_ms: u64) {
         if n == 0 {
@@ -419,7 +423,8 @@ impl Detector {
         self.tick_at(self.clock.now_ms());
     }
 
-    /// [`tick`](Self::tick) at an explicit time.
+    /// [`tick`](Self::tick) at an explicit time; any `now_ms` is accepted
+    /// (see [`record_at`](Self::record_at)).
     pub fn tick_at(&self, now_ms: u64) {
         for rc in self.rules.iter() {
             let mut cooled = Vec::new();
@@ -460,7 +465,7 @@ impl Detector {
                     .next_sweep_ms
                     .compare_exchange(
                         due,
-                        now_ms + rc.window_ms,
+                        now_ms.saturating_add(rc.window_ms),
                         Ordering::Relaxed,
                         Ordering::Relaxed,
                     )
@@ -845,6 +850,52 @@ mod tests {
         assert_eq!(s.hot, s.candidates);
         for k in 0..400u32 {
             assert!(d.estimate_at(&k.to_le_bytes(), 5).unwrap() >= 9, "key {k}");
+        }
+    }
+
+    #[test]
+    fn times_near_u64_max_do_not_overflow() {
+        let (d, _clock) = detector(vec![Rule::default().with_threshold(10)]);
+        for now in [u64::MAX - 1, u64::MAX] {
+            d.tick_at(now);
+            d.record_at(b"k", 6, now);
+            d.tick_at(now);
+        }
+        let ev = hot_events(&d);
+        assert_eq!(ev.len(), 1, "12 reads within one bucket cross 10");
+        assert_eq!((ev[0].rate, ev[0].detected_at_ms), (12, u64::MAX));
+        d.tick_at(u64::MAX);
+        assert_eq!(d.stats().hot, 1, "still in the window");
+        assert_eq!(d.estimate_at(b"k", u64::MAX), Some(12));
+    }
+
+    proptest::proptest! {
+        /// Any caller time, anywhere in `u64` and in any order, neither
+        /// panics nor loses the read just recorded.
+        #[test]
+        fn any_caller_time_is_safe(
+            ops in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        proptest::prelude::any::<u64>(),
+                        (u64::MAX - 5_000)..=u64::MAX,
+                        0u64..5_000,
+                    ],
+                    0u8..4,
+                    1u64..50,
+                    proptest::prelude::any::<bool>(),
+                ),
+                1..100,
+            )
+        ) {
+            let (d, _clock) = detector(vec![Rule::default().with_threshold(40)]);
+            for (now, key, n, tick) in ops {
+                if tick {
+                    d.tick_at(now);
+                }
+                d.record_at(&[key], n, now);
+                proptest::prop_assert!(d.estimate_at(&[key], now).unwrap() >= n);
+            }
         }
     }
 

@@ -35,6 +35,17 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+    /// A `hotkey-scan` input line has a timestamp at or above
+    /// [`MAX_TIMESTAMP_MS`](crate::MAX_TIMESTAMP_MS) (2^53 ms, about 285,000
+    /// years): most likely a timestamp in another unit (nanoseconds) or a
+    /// corrupt line.
+    #[error("line {line}: timestamp {value} is out of range: must be below 2^53 ms")]
+    TimestampOutOfRange {
+        /// The 1-based line number.
+        line: u64,
+        /// The timestamp as written (digits only; cut after 40 of them).
+        value: String,
+    },
     /// A ZooKeeper node already exists with an ACL that lets others write.
     #[error("znode {path} grants {grant} to {id}; only the detector may write")]
     AclTooOpen {

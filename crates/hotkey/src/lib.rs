@@ -159,7 +159,9 @@ pub use kafka::{
 pub use rdkafka;
 pub use report::Report;
 pub use rule::{KeyPattern, MAX_THRESHOLD, Rule, parse_rules};
-pub use scan::{Detection, ScanConfig, ScanSummary, catch_all, display_key, parse_line, scan};
+pub use scan::{
+    Detection, MAX_TIMESTAMP_MS, ScanConfig, ScanSummary, catch_all, display_key, parse_line, scan,
+};
 #[cfg(feature = "zookeeper")]
 pub use zk::{
     DigestCredentials, HotKeyWatch, KeyNodeData, PublisherHandle, PublisherStats, SyncOutcome,

@@ -122,23 +122,62 @@ pub fn display_key(key: &[u8]) -> String {
     }
 }
 
-/// Parses `<unix-ms> <key>`: the key is everything after the first space
-/// (it may contain spaces), without the line ending.
-#[must_use]
-pub fn parse_line(line: &[u8]) -> Option<(u64, &[u8])> {
+/// Timestamps of `hotkey-scan` input must be below this: 2^53 ms, about
+/// 285,000 years after 1970.
+///
+/// The bound keeps the detector's time arithmetic (a timestamp plus a window
+/// or a bucket of at most 2^32 ms) far from `u64` overflow, and every
+/// printed `detected_at_ms` exact in a JSON reader that parses numbers as
+/// doubles. A real log in milliseconds is many orders of magnitude below it;
+/// a log in nanoseconds is above it and rejected rather than misread.
+pub const MAX_TIMESTAMP_MS: u64 = (1 << 53) - 1;
+
+/// Parses line number `line_no` (1-based, used in errors), `<unix-ms> <key>`:
+/// the key is everything after the first space (it may contain spaces),
+/// without the line ending.
+///
+/// Returns `Ok(None)` for a line of another shape (no space, or anything but
+/// ASCII digits before it), and [`Error::TimestampOutOfRange`] for a
+/// timestamp above [`MAX_TIMESTAMP_MS`] (too many digits for a `u64`
+/// included).
+pub fn parse_line(line: &[u8], line_no: u64) -> Result<Option<(u64, &[u8])>> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let sp = line.iter().position(|&b| b == b' ')?;
-    let ts = std::str::from_utf8(&line[..sp]).ok()?;
-    if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    let Some(sp) = line.iter().position(|&b| b == b' ') else {
+        return Ok(None);
+    };
+    let digits = &line[..sp];
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Ok(None);
     }
-    Some((ts.parse().ok()?, &line[sp + 1..]))
+    match std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok())
+    {
+        Some(ts) if ts <= MAX_TIMESTAMP_MS => Ok(Some((ts, &line[sp + 1..]))),
+        _ => {
+            const SHOWN: usize = 40;
+            let mut value =
+                String::from_utf8_lossy(&digits[..digits.len().min(SHOWN)]).into_owned();
+            if digits.len() > SHOWN {
+                value.push_str("...");
+            }
+            Err(Error::TimestampOutOfRange {
+                line: line_no,
+                value,
+            })
+        }
+    }
 }
 
 /// Runs the detector over `input`, writing one JSON line per detection and
 /// the summary line to `out`; malformed lines are reported to `errors`
 /// (the first ten) and counted.
+///
+/// A timestamp above [`MAX_TIMESTAMP_MS`] stops the scan with
+/// [`Error::TimestampOutOfRange`] (naming the line), before the summary
+/// line: it usually means the whole log is in another unit, which skipping
+/// line by line would hide.
 pub fn scan(
     cfg: &ScanConfig,
     mut input: impl BufRead,
@@ -172,7 +211,7 @@ pub fn scan(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let Some((ts, key)) = parse_line(&line) else {
+        let Some((ts, key)) = parse_line(&line, summary.lines)? else {
             summary.malformed += 1;
             if summary.malformed <= 10 {
                 let shown = String::from_utf8_lossy(&line[..line.len().min(80)]);
@@ -194,7 +233,9 @@ pub fn scan(
         }
         if now >= next_tick {
             detector.tick_at(now);
-            next_tick = (now / tick_ms + 1) * tick_ms;
+            // Cannot overflow (now <= 2^53, tick_ms <= 2^32); saturating
+            // all the same, as the detector's own time arithmetic is.
+            next_tick = (now / tick_ms + 1).saturating_mul(tick_ms);
         }
         detector.record_at(key, 1, now);
         summary.reads += 1;
@@ -239,24 +280,46 @@ mod tests {
 
     #[test]
     fn lines_and_keys() {
+        let ok = |line: &'static [u8]| parse_line(line, 1).unwrap();
         assert_eq!(
-            parse_line(b"1700000000000 user:1\n"),
+            ok(b"1700000000000 user:1\n"),
             Some((1_700_000_000_000, &b"user:1"[..]))
         );
         assert_eq!(
-            parse_line(b"5 a key with spaces\r\n"),
+            ok(b"5 a key with spaces\r\n"),
             Some((5, &b"a key with spaces"[..]))
         );
-        assert_eq!(parse_line(b"5 \n"), Some((5, &b""[..])));
-        for bad in [
-            &b"abc key"[..],
-            b"-5 key",
-            b"5",
-            b" key",
-            b"99999999999999999999999 k",
-        ] {
-            assert_eq!(parse_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        assert_eq!(ok(b"5 \n"), Some((5, &b""[..])));
+        for bad in [&b"abc key"[..], b"-5 key", b"5", b" key", b"+5 key"] {
+            assert_eq!(ok(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
+        assert_eq!(
+            ok(b"9007199254740991 k"),
+            Some((MAX_TIMESTAMP_MS, &b"k"[..]))
+        );
+        // At or above 2^53, in or out of u64: an error naming line and value.
+        for (line, value) in [
+            (&b"9007199254740992 k"[..], "9007199254740992"),
+            (b"18446744073709551615 k", "18446744073709551615"),
+            (b"99999999999999999999999 k", "99999999999999999999999"),
+        ] {
+            let e = parse_line(line, 7).unwrap_err();
+            assert!(
+                matches!(&e, Error::TimestampOutOfRange { line: 7, value: v } if v == value),
+                "{e:?}"
+            );
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("line 7: timestamp {value} ")),
+                "{e}"
+            );
+        }
+        let long = format!("{} k", "1".repeat(100));
+        let e = parse_line(long.as_bytes(), 1).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{}...", "1".repeat(40))) && e.len() < 120,
+            "{e}"
+        );
         assert_eq!(display_key(b"plain"), "plain");
         // Each bad argument is named, not reported as another one.
         let e = catch_all(1000, 1 << 40).unwrap_err().to_string();
@@ -264,6 +327,36 @@ mod tests {
         let e = catch_all(0, 1000).unwrap_err().to_string();
         assert!(e.contains("--threshold = 0"), "{e}");
         assert_eq!(display_key(b"a\xff%b"), "a%FF%25b");
+    }
+
+    #[test]
+    fn an_out_of_range_timestamp_stops_the_scan() {
+        // u64::MAX used to overflow the next tick (a panic in debug builds).
+        let log = "1000 a\n18446744073709551615 k\n1001 a\n";
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let e = scan(
+            &ScanConfig::simple(3, 1000).unwrap(),
+            log.as_bytes(),
+            &mut out,
+            &mut err,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::TimestampOutOfRange { line: 2, value } if value == "18446744073709551615"),
+            "{e:?}"
+        );
+        assert!(out.is_empty(), "no summary after an error");
+        // The largest accepted timestamp scans, detects and ticks.
+        let log = format!("{MAX_TIMESTAMP_MS} k\n").repeat(4);
+        let s = scan(
+            &ScanConfig::simple(3, 1000).unwrap(),
+            log.as_bytes(),
+            &mut out,
+            &mut err,
+        )
+        .unwrap();
+        assert_eq!((s.reads, s.detections), (4, 1));
+        assert_eq!(s.last_ms, Some(MAX_TIMESTAMP_MS));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! hotkey-scan --threshold N --window-ms W [--rules FILE] < access.log
 //! ```
 //!
-//! Each input line is `<unix-ms> <key>`. The detector runs on the log's own
+//! Each input line is `<unix-ms> <key>`, the timestamp below 2^53
+//! ([`hotkey::MAX_TIMESTAMP_MS`]). The detector runs on the log's own
 //! timestamps and prints one JSON line per detection,
 //! `{"key":"..","detected_at_ms":..,"count":..}`, then a summary line.
 
@@ -17,7 +18,8 @@ const USAGE: &str = "\
 usage: hotkey-scan [--threshold N] [--window-ms W] [--rules FILE] [--max-candidates N] < access.log
 
 Reads lines `<unix-ms> <key>` (the key is the rest of the line) and runs the
-hot-key detector on the log's own timestamps. Prints one JSON line per
+hot-key detector on the log's own timestamps, which must be below 2^53 (a
+larger one stops the scan with an error naming its line). Prints one JSON line per
 detection, {\"key\":..,\"detected_at_ms\":..,\"count\":..}, then a summary line.
 
   --threshold N       a key is hot with more than N reads in the window (default 1000)

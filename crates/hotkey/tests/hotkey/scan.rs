@@ -119,6 +119,14 @@ fn bad_input_and_arguments_are_reported() {
     assert_eq!(code, 0);
     assert!(err.contains("line 2"), "{err}");
     assert!(out.contains(r#""malformed":1"#), "{out}");
+    // A timestamp at or above 2^53 ms (here u64::MAX, which used to overflow)
+    // stops the scan with the line and the value.
+    let (code, _, err) = run(&[], b"1 a\n18446744073709551615 k\n");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("line 2: timestamp 18446744073709551615 is out of range"),
+        "{err}"
+    );
     let (code, _, err) = run(&["--threshold", "x"], b"");
     assert_eq!(code, 2);
     assert!(err.contains("--threshold"), "{err}");
