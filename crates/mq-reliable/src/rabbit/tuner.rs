@@ -65,10 +65,16 @@ impl Default for TunerConfig {
     }
 }
 
+/// The suffix the tuner adds to `queue_prefix`: `-p<prefetch>-<8 hex digits>`,
+/// at most this long.
+const QUEUE_SUFFIX_MAX: usize = "-p65535-ffffffff".len();
+
+/// AMQP's longest queue name (a short string).
+const MAX_QUEUE_NAME: usize = 255;
+
 impl TunerConfig {
     /// Checks every field; the error names the field and its value.
     pub fn validate(&self) -> Result<()> {
-        parse_url(&self.url, Duration::from_secs(10))?;
         if self.prefetch_values.is_empty() || self.prefetch_values.contains(&0) {
             return Err(invalid(
                 "prefetch_values",
@@ -76,6 +82,13 @@ impl TunerConfig {
                 "must be non-empty and hold positive values",
             ));
         }
+        self.validate_run()
+    }
+
+    /// Checks what one run ([`measure`]) uses: every field but
+    /// `prefetch_values`.
+    fn validate_run(&self) -> Result<()> {
+        parse_url(&self.url, Duration::from_secs(10))?;
         if self.concurrency == Some(0) {
             return Err(invalid("concurrency", self.concurrency, "must be positive"));
         }
@@ -100,6 +113,20 @@ impl TunerConfig {
                 "handler_latency",
                 self.handler_latency,
                 "must be at most 10 s",
+            ));
+        }
+        if self.queue_prefix.len() + QUEUE_SUFFIX_MAX > MAX_QUEUE_NAME {
+            return Err(invalid(
+                "queue_prefix",
+                &self.queue_prefix,
+                "must be at most 239 bytes (a queue name holds 255, the tuner adds up to 16)",
+            ));
+        }
+        if self.queue_prefix.starts_with("amq.") {
+            return Err(invalid(
+                "queue_prefix",
+                &self.queue_prefix,
+                "must not start with `amq.` (reserved by the broker)",
             ));
         }
         Ok(())
@@ -143,7 +170,7 @@ pub async fn tune_prefetch(cfg: &TunerConfig) -> Result<TunerReport> {
     for &prefetch in &cfg.prefetch_values {
         rows.push(measure(cfg, prefetch).await?);
     }
-    let recommended = recommend(&rows, cfg.tolerance);
+    let recommended = recommend(&rows, cfg.tolerance)?;
     Ok(TunerReport {
         rows,
         recommended,
@@ -153,7 +180,16 @@ pub async fn tune_prefetch(cfg: &TunerConfig) -> Result<TunerReport> {
 }
 
 /// Consumer throughput and peak unacked for one prefetch value.
+///
+/// `cfg.prefetch_values` is not used; every other field is checked as
+/// [`TunerConfig::validate`] does, and `prefetch` must be positive. A
+/// `cfg.concurrency` above `prefetch` runs `prefetch` handlers (no more
+/// deliveries can be held at once); the row reports the number used.
 pub async fn measure(cfg: &TunerConfig, prefetch: u16) -> Result<TunerRow> {
+    cfg.validate_run()?;
+    if prefetch == 0 {
+        return Err(invalid("prefetch", prefetch, "must be positive"));
+    }
     let queue = format!(
         "{}-p{prefetch}-{:08x}",
         cfg.queue_prefix,
@@ -161,10 +197,11 @@ pub async fn measure(cfg: &TunerConfig, prefetch: u16) -> Result<TunerRow> {
     );
     let spec = QueueSpec::classic(&queue);
     fill(cfg, &spec).await?;
+    // Both are positive (checked above).
     let concurrency = cfg
         .concurrency
         .unwrap_or(usize::from(prefetch))
-        .clamp(1, usize::from(prefetch));
+        .min(usize::from(prefetch));
     let consumed = Arc::new(AtomicU64::new(0));
     let latency = cfg.handler_latency;
     let ccfg = ConsumerConfig {
@@ -262,14 +299,38 @@ pub(crate) async fn delete_queue(url: &str, queue: &str) -> Result<()> {
 
 /// The smallest prefetch whose throughput is within `tolerance` of the
 /// best.
-pub fn recommend(rows: &[TunerRow], tolerance: f64) -> u16 {
+///
+/// `rows` must not be empty and hold positive prefetch values with finite,
+/// non-negative throughputs; `tolerance` must be in `(0, 1]`. The error
+/// names the bad value.
+pub fn recommend(rows: &[TunerRow], tolerance: f64) -> Result<u16> {
+    if !(tolerance > 0.0 && tolerance <= 1.0) {
+        return Err(invalid("tolerance", tolerance, "must be in (0, 1]"));
+    }
+    if rows.is_empty() {
+        return Err(invalid("rows", rows.len(), "must hold at least one row"));
+    }
+    if let Some(r) = rows.iter().find(|r| r.prefetch == 0) {
+        return Err(invalid("rows.prefetch", r.prefetch, "must be positive"));
+    }
+    if let Some(r) = rows
+        .iter()
+        .find(|r| !(r.throughput.is_finite() && r.throughput >= 0.0))
+    {
+        return Err(invalid(
+            "rows.throughput",
+            (r.prefetch, r.throughput),
+            "must be finite and non-negative (prefetch, throughput)",
+        ));
+    }
     let best = rows.iter().map(|r| r.throughput).fold(0.0, f64::max);
     let mut sorted: Vec<&TunerRow> = rows.iter().collect();
     sorted.sort_by_key(|r| r.prefetch);
-    sorted
+    // Non-empty, and the best row itself qualifies.
+    Ok(sorted
         .iter()
         .find(|r| r.throughput >= best * tolerance)
-        .map_or(0, |r| r.prefetch)
+        .map_or(sorted[0].prefetch, |r| r.prefetch))
 }
 
 impl TunerReport {
@@ -456,9 +517,150 @@ mod tests {
             row(100, 10_000.0),
             row(1000, 9_900.0),
         ];
-        assert_eq!(recommend(&rows, 0.95), 50);
-        assert_eq!(recommend(&rows, 1.0), 100);
-        assert_eq!(recommend(&rows, 0.5), 10);
+        assert_eq!(recommend(&rows, 0.95).unwrap(), 50);
+        assert_eq!(recommend(&rows, 1.0).unwrap(), 100);
+        assert_eq!(recommend(&rows, 0.5).unwrap(), 10);
+        // Nothing measured (every throughput 0): the smallest.
+        assert_eq!(recommend(&[row(10, 0.0), row(1, 0.0)], 0.95).unwrap(), 1);
+    }
+
+    #[test]
+    fn recommend_rejects_bad_input_by_name() {
+        let rows = vec![row(1, 900.0), row(10, 7_000.0)];
+        for (tolerance, shown) in [(0.0, "0.0"), (1.5, "1.5"), (f64::NAN, "NaN")] {
+            let e = recommend(&rows, tolerance).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidConfig {
+                        field: "tolerance",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(e.to_string().contains(shown), "{e}");
+        }
+        let e = recommend(&[], 0.95).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidConfig { field: "rows", .. }),
+            "{e}"
+        );
+        let e = recommend(&[row(0, 5.0)], 0.95).unwrap_err();
+        assert!(e.to_string().contains("rows.prefetch"), "{e}");
+        let e = recommend(&[row(1, 900.0), row(10, f64::INFINITY)], 0.95).unwrap_err();
+        assert!(
+            e.to_string().contains("rows.throughput") && e.to_string().contains("(10, inf)"),
+            "{e}"
+        );
+        let e = recommend(&[row(1, -1.0)], 0.95).unwrap_err();
+        assert!(e.to_string().contains("rows.throughput"), "{e}");
+    }
+
+    /// `measure` checks its input before it touches the broker: the URL
+    /// points nowhere, so any attempt to connect would fail differently.
+    #[tokio::test]
+    async fn measure_rejects_bad_input_by_name() {
+        let cfg = TunerConfig {
+            url: "amqp://127.0.0.1:1/%2f".into(),
+            ..TunerConfig::default()
+        };
+        let e = measure(&cfg, 0).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidConfig {
+                    field: "prefetch",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("= 0"), "{e}");
+        let cases: [(&str, TunerConfig); 7] = [
+            (
+                "url",
+                TunerConfig {
+                    url: "not a url".into(),
+                    ..cfg.clone()
+                },
+            ),
+            (
+                "concurrency",
+                TunerConfig {
+                    concurrency: Some(0),
+                    ..cfg.clone()
+                },
+            ),
+            (
+                "messages",
+                TunerConfig {
+                    messages: 0,
+                    ..cfg.clone()
+                },
+            ),
+            (
+                "max_run",
+                TunerConfig {
+                    max_run: Duration::ZERO,
+                    ..cfg.clone()
+                },
+            ),
+            (
+                "tolerance",
+                TunerConfig {
+                    tolerance: -1.0,
+                    ..cfg.clone()
+                },
+            ),
+            (
+                "queue_prefix",
+                TunerConfig {
+                    queue_prefix: "q".repeat(240),
+                    ..cfg.clone()
+                },
+            ),
+            (
+                "queue_prefix",
+                TunerConfig {
+                    queue_prefix: "amq.tuner".into(),
+                    ..cfg.clone()
+                },
+            ),
+        ];
+        for (field, bad) in cases {
+            let e = measure(&bad, 10).await.unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidConfig { field: f, .. } if *f == field),
+                "{field}: {e}"
+            );
+        }
+        // `measure` ignores `prefetch_values` (it is given its prefetch).
+        let e = measure(
+            &TunerConfig {
+                prefetch_values: vec![],
+                url: "not a url".into(),
+                ..cfg.clone()
+            },
+            10,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidConfig { field: "url", .. }),
+            "{e}"
+        );
+        // And `tune_prefetch` checks the whole configuration.
+        let e = tune_prefetch(&TunerConfig {
+            prefetch_values: vec![10, 0],
+            ..cfg.clone()
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("prefetch_values") && e.to_string().contains("[10, 0]"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -503,6 +705,19 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.to_string().contains("payload_size"), "{e}");
+        let e = TunerConfig {
+            queue_prefix: "x".repeat(240),
+            ..TunerConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("queue_prefix"), "{e}");
+        TunerConfig {
+            queue_prefix: "x".repeat(239),
+            ..TunerConfig::default()
+        }
+        .validate()
+        .unwrap();
         assert_eq!(nice_ceiling(7300.0), 10_000.0);
         assert_eq!(nice_ceiling(1200.0), 2000.0);
     }

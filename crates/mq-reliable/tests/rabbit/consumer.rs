@@ -311,7 +311,7 @@ async fn the_prefetch_tuner_measures_and_recommends() {
     // rows give, and the SVG marks it.
     assert_eq!(
         report.recommended,
-        mq_reliable::recommend_prefetch(&report.rows, cfg.tolerance)
+        mq_reliable::recommend_prefetch(&report.rows, cfg.tolerance).unwrap()
     );
     assert!(
         report
