@@ -69,8 +69,9 @@ pub fn catch_all(threshold: u64, window_ms: u64) -> Result<Rule> {
 /// One detection, as printed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Detection {
-    /// The key (UTF-8 as is; other keys with `%XX` escapes, see
-    /// [`display_key`]).
+    /// The key as [`display_key`] prints it: UTF-8 as is but `%` written
+    /// `%25`, other keys with `%XX` escapes; distinct keys never print the
+    /// same.
     pub key: String,
     /// Timestamp of the log line at which the key crossed its threshold.
     pub detected_at_ms: u64,
@@ -102,19 +103,28 @@ pub struct ScanSummary {
     pub last_ms: Option<u64>,
 }
 
-/// How a key is printed: as is when it is UTF-8; otherwise `%` and every
-/// byte that is not printable ASCII are written `%XX`.
+/// How a key is printed, in `hotkey-scan`'s output and in log lines.
+///
+/// A UTF-8 key is printed as is, except `%`, written `%25`. Any other key
+/// is printed with `%` and every byte that is not printable ASCII (space
+/// included) written `%XX` (upper-case hex).
+///
+/// The encoding is injective: percent-decoding the result (each `%XX` to
+/// its byte, every other character to its UTF-8 bytes) gives back the key,
+/// so two distinct keys never print the same (`"a%FF"` prints `a%25FF`,
+/// the byte string `a\xFF` prints `a%FF`).
 #[must_use]
 pub fn display_key(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
-        Ok(s) => s.to_owned(),
+        Ok(s) => s.replace('%', "%25"),
         Err(_) => {
+            use std::fmt::Write as _;
             let mut out = String::with_capacity(key.len() * 3);
             for &b in key {
                 if b.is_ascii_graphic() && b != b'%' || b == b' ' {
                     out.push(b as char);
                 } else {
-                    out.push_str(&format!("%{b:02X}"));
+                    let _ = write!(out, "%{b:02X}");
                 }
             }
             out
@@ -327,6 +337,47 @@ mod tests {
         let e = catch_all(0, 1000).unwrap_err().to_string();
         assert!(e.contains("--threshold = 0"), "{e}");
         assert_eq!(display_key(b"a\xff%b"), "a%FF%25b");
+        // `%` is escaped in UTF-8 keys too, so these two differ.
+        assert_eq!(display_key(b"a%FF"), "a%25FF");
+        assert_eq!(display_key(b"a\xff"), "a%FF");
+        assert_eq!(display_key("caf\u{e9} %".as_bytes()), "caf\u{e9} %25");
+    }
+
+    /// Percent-decodes a [`display_key`] result (the inverse the docs state).
+    fn undisplay(shown: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = shown;
+        while let Some(c) = rest.chars().next() {
+            if c == '%' {
+                out.push(u8::from_str_radix(&rest[1..3], 16).unwrap());
+                rest = &rest[3..];
+            } else {
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        out
+    }
+
+    /// Bytes that make keys valid or invalid UTF-8, and ones that look like
+    /// escapes.
+    fn key() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        let byte = proptest::sample::select(vec![
+            b'%', b'F', b'2', b'5', b'a', b' ', b'\n', 0x7f, 0xff, 0xc3, 0xa9, 0xe2, 0x82, 0xac,
+        ]);
+        proptest::collection::vec(byte, 0..8)
+    }
+
+    proptest::proptest! {
+        /// Decoding gives back the key, hence distinct keys display
+        /// differently.
+        #[test]
+        fn display_key_is_injective(a in key(), b in key()) {
+            let (da, db) = (display_key(&a), display_key(&b));
+            proptest::prop_assert_eq!(undisplay(&da), a.clone());
+            proptest::prop_assert_eq!(a == b, da == db, "{:?} {:?} -> {} {}", a, b, da, db);
+        }
     }
 
     #[test]
