@@ -4,7 +4,8 @@
 //! Instead of sampling reads at random, each key gets a fixed rate and its
 //! reads are spread evenly over the buckets, so a million distinct keys cost
 //! a few million aggregated `record_at` calls and the true windowed count of
-//! every key is known in closed form.
+//! every key is known in closed form. [`drive_reads`] replays the same reads
+//! one at a time, shuffled within each bucket.
 
 #![allow(dead_code)]
 
@@ -232,20 +233,77 @@ pub fn drive(
     tick(start_ms + w.buckets * w.bucket_ms);
 }
 
-/// Runs `w` through a detector with the default rule (fixed seed) and
-/// returns the keys it reported hot, with its final stats.
-pub fn detect(
+/// Runs `w` one read at a time: per bucket, the reads of all its keys are
+/// shuffled (seeded by `seed`) and the i-th of `m` calls `read(key, now_ms)`
+/// stamped `t0 + i * bucket_ms / m`, so time only moves forward and every
+/// key's reads are interleaved with everyone else's; `tick(now_ms)` runs at
+/// each bucket start, as in [`drive`].
+pub fn drive_reads(
     w: &Workload,
     start_ms: u64,
-) -> (std::collections::HashSet<Vec<u8>>, hotkey::DetectorStats) {
-    use hotkey::{Config, Detector, Event, ManualClock, Rule};
+    seed: u64,
+    mut read: impl FnMut(&[u8], u64),
+    mut tick: impl FnMut(u64),
+) {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    // The bucket's keys in one arena, each read an index into it.
+    let mut bytes = Vec::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut reads: Vec<u32> = Vec::new();
+    for b in 0..w.buckets {
+        bytes.clear();
+        spans.clear();
+        reads.clear();
+        w.for_each_in_bucket(b, |k, n| {
+            let id = spans.len() as u32;
+            spans.push((bytes.len(), k.len()));
+            bytes.extend_from_slice(k);
+            reads.extend(std::iter::repeat_n(id, n as usize));
+        });
+        reads.shuffle(&mut rng);
+        let t0 = start_ms + b * w.bucket_ms;
+        tick(t0);
+        let m = reads.len() as u64;
+        for (i, &id) in reads.iter().enumerate() {
+            let (at, len) = spans[id as usize];
+            read(&bytes[at..at + len], t0 + i as u64 * w.bucket_ms / m);
+        }
+    }
+    tick(start_ms + w.buckets * w.bucket_ms);
+}
+
+/// The detector the accuracy runs use: the default rule, a fixed seed.
+fn detector(start_ms: u64) -> (hotkey::Detector, hotkey::ManualClock) {
+    use hotkey::{Config, Detector, ManualClock, Rule};
     let cfg = Config {
         rules: vec![Rule::default()],
         hash_seed: Some(42),
         ..Config::default()
     };
-    let d = Detector::with_clock(cfg, std::sync::Arc::new(ManualClock::new(start_ms)))
-        .expect("valid config");
+    let clock = ManualClock::new(start_ms);
+    let d = Detector::with_clock(cfg, std::sync::Arc::new(clock.clone())).expect("valid config");
+    (d, clock)
+}
+
+/// Moves the keys of the detector's pending `Hot` events into `reported`.
+fn drain_hot(d: &hotkey::Detector, reported: &mut std::collections::HashSet<Vec<u8>>) {
+    for e in d.drain_events() {
+        if let hotkey::Event::Hot(h) = e {
+            reported.insert(h.key);
+        }
+    }
+}
+
+/// Runs `w` through a detector with the default rule (fixed seed), each
+/// key's reads of a bucket as one `record_at(key, n, now)` ([`drive`]), and
+/// returns the keys it reported hot, with its final stats.
+pub fn detect(
+    w: &Workload,
+    start_ms: u64,
+) -> (std::collections::HashSet<Vec<u8>>, hotkey::DetectorStats) {
+    let (d, _clock) = detector(start_ms);
     let mut reported = std::collections::HashSet::new();
     drive(
         w,
@@ -253,11 +311,34 @@ pub fn detect(
         |k, n, now| d.record_at(k, n, now),
         |now| {
             d.tick_at(now);
-            for e in d.drain_events() {
-                if let Event::Hot(h) = e {
-                    reported.insert(h.key);
-                }
-            }
+            drain_hot(&d, &mut reported);
+        },
+    );
+    (reported, d.stats())
+}
+
+/// As [`detect`], but through the per-read path an application uses: one
+/// `record(key)` per read on the detector's clock, reads interleaved across
+/// keys in shuffled order ([`drive_reads`]).
+pub fn detect_reads(
+    w: &Workload,
+    start_ms: u64,
+    seed: u64,
+) -> (std::collections::HashSet<Vec<u8>>, hotkey::DetectorStats) {
+    let (d, clock) = detector(start_ms);
+    let mut reported = std::collections::HashSet::new();
+    drive_reads(
+        w,
+        start_ms,
+        seed,
+        |k, now| {
+            clock.set_ms(now);
+            d.record(k);
+        },
+        |now| {
+            clock.set_ms(now);
+            d.tick();
+            drain_hot(&d, &mut reported);
         },
     );
     (reported, d.stats())
