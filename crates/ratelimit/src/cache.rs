@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -88,6 +89,12 @@ struct Inner<C: Clock> {
     /// Key → (size, until when) for values found above the limit.
     too_large: Cache<Bytes, (u64, u64)>,
     too_large_ns: u64,
+    /// The latest "until" of any too-large verdict (ns on `time`): from
+    /// then on no verdict is valid, and reads skip the memo (a moka
+    /// lookup reads moka's clock, hashes the key and logs the read for its
+    /// admission policy, on every read that reaches Redis). Expired
+    /// verdicts are then left to moka's capacity bound.
+    too_large_until: AtomicU64,
     metrics: CacheMetrics,
 }
 
@@ -213,6 +220,7 @@ where
             negative_ns: cfg.loader.negative_ttl.map_or(0, nanos),
             too_large: Cache::builder().max_capacity(TOO_LARGE_MEMO_KEYS).build(),
             too_large_ns: nanos(cfg.local.as_ref().map_or(TOO_LARGE_MEMO_TTL, |l| l.ttl)),
+            too_large_until: AtomicU64::new(0),
             metrics,
             cfg,
         };
@@ -506,6 +514,11 @@ where
                     .time
                     .now_nanos()
                     .saturating_add(self.inner.too_large_ns);
+                // Raised before the verdict is stored, so that a reader
+                // that finds the verdict valid also finds the memo open.
+                self.inner
+                    .too_large_until
+                    .fetch_max(until, Ordering::Release);
                 self.inner
                     .too_large
                     .insert(Bytes::copy_from_slice(key), (*size, until));
@@ -651,8 +664,13 @@ where
     }
 
     fn memo_too_large(&self, key: &[u8]) -> Option<u64> {
+        let now = self.inner.time.now_nanos();
+        if now >= self.inner.too_large_until.load(Ordering::Acquire) {
+            // No verdict is valid now: the usual case, at no moka cost.
+            return None;
+        }
         let (size, until) = self.inner.too_large.get(key)?;
-        if self.inner.time.now_nanos() < until {
+        if now < until {
             Some(size)
         } else {
             self.inner.too_large.invalidate(key);

@@ -324,3 +324,46 @@ async fn values_above_the_soft_limit_are_served_and_counted_as_warned() {
     assert_eq!(metric("read_refused"), 0);
     assert_eq!(metric("write_refused"), 0);
 }
+
+#[tokio::test]
+async fn a_too_large_verdict_is_remembered_for_the_local_ttl_then_asked_again() {
+    let server = PrivateRedis::start();
+    let url = server.url();
+    let key = unique_key("bigmemo");
+    let _: u64 = redis::cmd("SETRANGE")
+        .arg(&key)
+        .arg(8191)
+        .arg("x")
+        .query(&mut admin(&url))
+        .unwrap();
+    let clock = FakeRelativeClock::default();
+    let mut cfg = test_config(&unique_name("bigmemo"), &url);
+    let ttl = cfg.local.as_ref().expect("local cache on by default").ttl;
+    cfg.big_values = BigValueConfig {
+        max_bytes: 4096,
+        warn_bytes: 2048,
+        max_elements: 100,
+        read_probe_bytes: 1024,
+    };
+    let cache = ProtectedCache::builder(cfg)
+        .clock(clock.clone())
+        .connect()
+        .await
+        .unwrap();
+    let too_large = Lookup::TooLarge {
+        size: 8192,
+        limit: 4096,
+    };
+    let probes = || server.command_calls("getrange");
+    for round in 0..3 {
+        let before = probes();
+        for _ in 0..5 {
+            assert_eq!(cache.get(&key).await.unwrap(), too_large);
+            clock.advance(ttl / 8);
+        }
+        // One guarded read per TTL; the other four are answered from the
+        // memo.
+        assert_eq!(probes() - before, 1, "round {round}");
+        clock.advance(ttl);
+    }
+}
