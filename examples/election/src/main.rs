@@ -478,10 +478,13 @@ impl Cluster {
         limit: Duration,
     ) -> Option<Established> {
         let deadline = Instant::now() + limit;
+        let first_member = *members.first()?;
         while Instant::now() < deadline {
             self.drain();
-            let first = self.latest.get(members.first()?)?.clone();
-            if let Some(leader) = first.leader
+            // A server that has printed nothing yet is waited for, not a
+            // failure: right after a spawn, none has.
+            if let Some(first) = self.latest.get(&first_member).cloned()
+                && let Some(leader) = first.leader
                 && first.peer_epoch > after_epoch
                 && members.iter().all(|m| {
                     self.latest
