@@ -64,8 +64,9 @@ pub enum Error {
         source: Arc<io::Error>,
     },
     /// An earlier flush failed, so the log stopped accepting records: the state of the file
-    /// after a failed write or fsync is unknown and must not be built upon. Close the log and
-    /// open the directory again; recovery keeps every record that did reach the disk.
+    /// after a failed write or fsync is unknown and must not be built upon. A failed log never
+    /// recovers by itself: close it (and drop its replay reader) and open the directory again;
+    /// recovery keeps every record that was reported durable.
     #[error("the spill log failed earlier and accepts no more records: {cause}")]
     Failed {
         /// The failure that stopped the log.

@@ -65,8 +65,19 @@
 //!   creating a segment), every waiter whose record was not yet durable gets the error
 //!   ([`Error::io_kind`] tells a full disk from the rest) and the log refuses further appends
 //!   with [`Error::Failed`]: after a failed `fsync` the state of the page cache is unknown, so
-//!   nothing is built on it (reopen the directory once the cause is fixed). Records that got
-//!   an error were never reported durable, but may still be on disk after a restart.
+//!   nothing is built on it. **A failed log stays failed**, however briefly the disk was full:
+//!   it never resumes by itself. Its owner recovers by closing it (dropping its [`Replay`]
+//!   reader too: the reader also holds the directory lock) and opening the directory again;
+//!   recovery keeps every record that was reported durable (`mq-reliable`'s spill does exactly
+//!   this, rate-limited). To make that reopen safe, the failing log at once cuts what it wrote
+//!   but never synced: a segment whose creation did not complete is removed, and the active
+//!   segment is truncated to the end of its last synced group and synced (retried at close if
+//!   that fails too; logged at error level if it still fails). Otherwise bytes the kernel still
+//!   shows after a failed `fsync`, though they never reached the disk, would be kept by
+//!   recovery and built upon, and a later power loss would leave a gap that reads as
+//!   corruption. Records that got an error were never reported durable; the cut removes them
+//!   from the files, but if the process died before it (or the cut failed) some may still be
+//!   found on disk and replayed.
 //! - **What may come twice.** Replay is at-least-once: records read but not yet committed are
 //!   read again after a restart, and a record whose writer got an error may be found on disk
 //!   and replayed. Record ids are unique in a directory across restarts (they continue above the

@@ -252,6 +252,11 @@ struct Flusher {
     wake: Vec<Waker>,
     /// The aligned buffer groups are assembled in, with direct I/O.
     staging: Option<Staging>,
+    /// A segment file created by a rotation that has not completed: removed if the log fails.
+    creating: Option<String>,
+    /// The log failed and what it wrote but never synced is not cut yet (see
+    /// [`Engine::cut_unsynced`]).
+    cut_pending: bool,
 }
 
 struct ActiveSegment {
@@ -477,6 +482,8 @@ impl SpillLog {
                 staging: config
                     .direct_io
                     .then(|| Staging::new(crate::config::staging_capacity(&config))),
+                creating: None,
+                cut_pending: false,
             }),
             segments: Mutex::new(table),
             replay_open: AtomicBool::new(false),
@@ -613,6 +620,12 @@ impl SpillLog {
                     Ok(true) => {}
                     Ok(false) | Err(_) => break,
                 }
+            }
+        }
+        if engine.signals.failure.get().is_some() {
+            let mut fl = lock(&engine.flusher);
+            if fl.cut_pending {
+                engine.cut_unsynced(&mut fl);
             }
         }
         let mut scratch = Vec::new();
@@ -922,10 +935,15 @@ impl Engine {
                     slice.collect_waiters(last, &mut woken);
                 }
             }
-            Err(_) => {
+            Err(e) => {
                 for (i, batch) in fl.taken.drain(..) {
                     self.slices[i].buffer.restore(batch);
                 }
+                // Refuse every later round before the flusher's lock is released: nothing is
+                // ever written after the cut.
+                let _ = self.signals.failure.set(e.clone());
+                fl.cut_pending = true;
+                self.cut_unsynced(fl);
             }
         }
         // Wake outside the flusher's lock: a waker may run code that calls back into the log.
@@ -947,6 +965,62 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// After a failed write or sync: removes a segment whose creation did not complete and cuts
+    /// the active segment back to the end of its last synced group, then syncs that. A reopen
+    /// of the directory must not build on bytes that were written but never synced: after a
+    /// failed `fsync` the kernel may still show them (the page cache keeps them, marked clean)
+    /// although they never reached the disk, so recovery would keep them, the next log would
+    /// continue after them, and a power loss would later leave a gap that reads as corruption.
+    /// Only records that were never reported durable are cut. If the cut fails too, it is
+    /// tried again when the log is closed.
+    fn cut_unsynced(&self, fl: &mut Flusher) {
+        match self.try_cut(fl) {
+            Ok(()) => fl.cut_pending = false,
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot cut what the failed spill log wrote but never synced; \
+                 retried when the log is closed"
+            ),
+        }
+    }
+
+    fn try_cut(&self, fl: &mut Flusher) -> Result<()> {
+        let dir = || self.storage.path_of("");
+        let mut removed = false;
+        if let Some(name) = fl.creating.clone() {
+            match self.storage.remove(&name) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", self.storage.path_of(&name), e)),
+            }
+            fl.creating = None;
+        }
+        if let Some(a) = fl.active.as_ref().filter(|a| a.pos == 0) {
+            // Direct I/O, header not yet written: the file holds nothing synced.
+            match self.storage.remove(&a.name) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", self.storage.path_of(&a.name), e)),
+            }
+            fl.active = None;
+        }
+        if removed {
+            self.storage
+                .sync_dir()
+                .map_err(|e| Error::io("fsync directory", dir(), e))?;
+        }
+        if let Some(a) = fl.active.as_ref() {
+            let path = || self.storage.path_of(&a.name);
+            a.file
+                .set_len(a.pos)
+                .map_err(|e| Error::io("truncate", path(), e))?;
+            a.file
+                .sync_all()
+                .map_err(|e| Error::io("fsync", path(), e))?;
+        }
+        Ok(())
     }
 
     fn write_group(&self, fl: &mut Flusher) -> Result<()> {
@@ -1043,6 +1117,7 @@ impl Engine {
             None => (self.storage.create(&name).map_err(create)?, false),
         };
         fl.next_segment += 1;
+        fl.creating = Some(name.clone());
         if self.config.preallocate {
             file.preallocate(self.config.segment_size)
                 .map_err(|e| Error::io("fallocate", &path, e))?;
@@ -1064,6 +1139,7 @@ impl Engine {
         self.storage
             .sync_dir()
             .map_err(|e| Error::io("fsync directory", self.storage.path_of(""), e))?;
+        fl.creating = None;
         fl.active = Some(ActiveSegment {
             id,
             name,
