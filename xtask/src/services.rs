@@ -64,15 +64,32 @@ fn status() -> Result<()> {
     Ok(())
 }
 
+/// Stops what `up` started. A service that `up` started but that no longer
+/// answers (it died, or its data was wiped) is treated as stopped: what may
+/// be left of it is stopped on a best-effort basis, its marker is removed,
+/// and `down` says so instead of failing on every later run.
 fn down() -> Result<()> {
     for service in Service::ALL {
         if !marker(service).exists() {
             println!("{:<10} left alone (not started by xtask)", service.name());
             continue;
         }
-        stop(service)?;
+        if service.probe(Duration::from_secs(2)).is_ok() {
+            stop(service, false)?;
+            fs::remove_file(marker(service))?;
+            println!("{:<10} stopped", service.name());
+            continue;
+        }
+        let leftover = match stop(service, true) {
+            Ok(()) => String::new(),
+            Err(e) => format!("; stopping what was left: {e:#}"),
+        };
         fs::remove_file(marker(service))?;
-        println!("{:<10} stopped", service.name());
+        println!(
+            "{:<10} not answering at {}: treated as stopped, marker removed{leftover}",
+            service.name(),
+            service.addr()?
+        );
     }
     Ok(())
 }
@@ -188,11 +205,17 @@ fn start(service: Service, port: u16, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn stop(service: Service) -> Result<()> {
+/// Stops a service `up` started. `quiet`: the stop is a best effort for a
+/// service that no longer answers, so the tools' own complaints about a
+/// node that is not running are not shown.
+fn stop(service: Service, quiet: bool) -> Result<()> {
     let dir = service_dir(service);
     match service {
-        Service::Redis => kill_pidfile(&dir.join("redis.pid")),
-        Service::ZooKeeper => kill_pidfile(&dir.join("zookeeper.pid")),
+        Service::Redis => kill_pidfile(&dir.join("redis.pid"), "redis-server"),
+        Service::ZooKeeper => kill_pidfile(
+            &dir.join("zookeeper.pid"),
+            "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+        ),
         Service::RabbitMq => {
             let port: u16 = fs::read_to_string(marker(service))?.trim().parse()?;
             let dir = fs::canonicalize(&dir)?;
@@ -200,6 +223,11 @@ fn stop(service: Service) -> Result<()> {
                 .arg("stop")
                 .envs(rabbit_env(port, &dir))
                 .stdout(Stdio::null())
+                .stderr(if quiet {
+                    Stdio::null()
+                } else {
+                    Stdio::inherit()
+                })
                 .status()
                 .context("running rabbitmqctl stop")?;
             if !status.success() {
@@ -230,13 +258,21 @@ fn rabbit_env(port: u16, dir: &Path) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn kill_pidfile(pidfile: &Path) -> Result<()> {
+/// Stops the process named in `pidfile` if it is still the server we
+/// started: its command line contains `expected`. A process that is gone,
+/// or whose id now belongs to another program, is left alone.
+fn kill_pidfile(pidfile: &Path, expected: &str) -> Result<()> {
     let pid =
         fs::read_to_string(pidfile).with_context(|| format!("reading {}", pidfile.display()))?;
     let pid = pid.trim();
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains(expected) {
+        println!("process {pid} ({expected}) was already gone");
+        return Ok(());
+    }
     let status = Command::new("kill").arg(pid).status()?;
     if !status.success() {
-        eprintln!("process {pid} was already gone");
+        println!("process {pid} was already gone");
     }
     Ok(())
 }
