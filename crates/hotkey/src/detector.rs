@@ -14,6 +14,18 @@
 //! Candidates live in a table sharded by key hash (a read-write lock per
 //! shard; the common path takes a shard's read lock and does one atomic
 //! add). The hot path allocates only when a key is promoted.
+//!
+//! A full shard refuses a newcomer when every cold candidate has counted at
+//! least as many reads as the newcomer's bound (hot ones are never
+//! evicted). The shard then remembers the refusal: the least count of its
+//! cold candidates (the *floor*), the bucket, and the rule's generation (which
+//! [`Detector::tick_at`] advances whenever it cools keys or sweeps
+//! candidates). Until the bucket ends or the generation moves, a key whose
+//! bound is at or below the floor is refused at the cost of a few atomic
+//! loads, without the write lock or the scan of the shard; counts of
+//! candidates only fall at bucket boundaries and candidates only become
+//! evictable in a tick, so such a key would have been refused anyway. A key
+//! whose bound passes the floor goes through promotion again and evicts.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -85,7 +97,8 @@ pub struct DetectorStats {
     pub promotions: u64,
     /// Candidates dropped (idle, or to make room) so far.
     pub evictions: u64,
-    /// Promotions refused because a shard was full of busier candidates.
+    /// Reads refused an exact window because their shard was full of busier
+    /// (or hot) candidates; they are counted in the sketch instead.
     /// Non-zero means `max_candidates` is too small for the traffic and
     /// recall is no longer guaranteed.
     pub rejected_promotions: u64,
@@ -165,10 +178,59 @@ struct RuleCounter {
     candidate_level: u64,
     shard_cap: usize,
     sketch: WindowSketch,
-    shards: Box<[RwLock<HashTable<Arc<Candidate>>>]>,
+    shards: Box<[Shard]>,
     hot: Mutex<Vec<HotEntry>>,
     next_sweep_ms: AtomicU64,
+    /// Advanced by `tick_at` after it cooled keys or swept candidates (the
+    /// only ways a full shard's floor can fall within a bucket), so that
+    /// refusals remembered before are no longer trusted.
+    generation: AtomicU64,
     metrics: RuleMetrics,
+}
+
+/// One shard of a rule's candidate table.
+struct Shard {
+    table: RwLock<HashTable<Arc<Candidate>>>,
+    /// The last refusal (see the module docs), packed by [`Refusal::pack`];
+    /// 0 when there is none. Written under the write lock of `table`.
+    refusal: AtomicU64,
+}
+
+/// A remembered refusal: it holds while the rule's generation and the bucket
+/// are the same, for keys whose bound is at most `floor`.
+///
+/// Packed into 64 bits: generation (low 16 bits of it), bucket number (low
+/// 24 bits) and floor (24 bits, clamped down, which only makes the memo
+/// refuse less; a floor of 0 means no memo, as no refusal has a floor
+/// below the candidate level, at least 1). Both truncations wrap after 2^16
+/// ticks that change something or 2^24 buckets, and a memo has to match
+/// both at once to be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    generation: u64,
+    bucket: u64,
+    floor: u64,
+}
+
+impl Refusal {
+    const FLOOR_MAX: u64 = (1 << 24) - 1;
+
+    fn pack(self) -> u64 {
+        ((self.generation & 0xFFFF) << 48)
+            | ((self.bucket & 0xFF_FFFF) << 24)
+            | self.floor.min(Self::FLOOR_MAX)
+    }
+
+    /// Whether the packed memo `memo` refuses a key whose bound is `wanted`
+    /// in `bucket` at `generation`.
+    #[inline]
+    fn refuses(memo: u64, generation: u64, bucket: u64, wanted: u64) -> bool {
+        let floor = memo & Self::FLOOR_MAX;
+        floor != 0
+            && wanted <= floor
+            && (memo >> 24) & 0xFF_FFFF == bucket & 0xFF_FFFF
+            && memo >> 48 == generation & 0xFFFF
+    }
 }
 
 #[inline]
@@ -234,9 +296,15 @@ impl Detector {
                     candidate_level: config.candidate_level(rule),
                     shard_cap: config.max_candidates.div_ceil(SHARDS),
                     sketch: WindowSketch::new(blocks, window_ms),
-                    shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+                    shards: (0..SHARDS)
+                        .map(|_| Shard {
+                            table: RwLock::new(HashTable::new()),
+                            refusal: AtomicU64::new(0),
+                        })
+                        .collect(),
                     hot: Mutex::new(Vec::new()),
                     next_sweep_ms: AtomicU64::new(0),
+                    generation: AtomicU64::new(0),
                     metrics: RuleMetrics::new(&rule.name),
                 }
             })
@@ -307,7 +375,7 @@ impl Detector {
         let hash = self.hasher.hash_one(key);
         let shard = &rc.shards[(hash >> SHARD_SHIFT) as usize];
         {
-            let table = shard.read();
+            let table = shard.table.read();
             if let Some(c) = table.find(table_hash(hash), |c| c.is(hash, key)) {
                 c.ring.add(n, now_ms);
                 if !c.hot.load(Ordering::Relaxed) {
@@ -322,17 +390,31 @@ impl Detector {
         // so that heavy keys leave at most `candidate_level` reads in the
         // sketch and do not inflate the keys they collide with.
         let before = rc.sketch.estimate(hash, now_ms);
-        if before.saturating_add(n) >= rc.candidate_level {
-            self.promote(rc, key, hash, before, n, now_ms);
-        } else {
+        let wanted = before.saturating_add(n);
+        if wanted < rc.candidate_level {
             rc.sketch.add(hash, n, now_ms);
+        } else if Refusal::refuses(
+            shard.refusal.load(Ordering::Relaxed),
+            rc.generation.load(Ordering::Acquire),
+            now_ms / rc.bucket_ms,
+            wanted,
+        ) {
+            // Refused already in this bucket and generation (module docs):
+            // the shard would refuse again, so skip the write lock and scan.
+            rc.sketch.add(hash, n, now_ms);
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.promote(rc, key, hash, before, n, now_ms);
         }
     }
 
     #[cold]
     fn promote(&self, rc: &RuleCounter, key: &[u8], hash: u64, seed: u64, n: u64, now_ms: u64) {
+        // Read before the candidates' hot flags: a tick that cools one of
+        // them afterwards also moves the generation past this refusal's.
+        let generation = rc.generation.load(Ordering::Acquire);
         let shard = &rc.shards[(hash >> SHARD_SHIFT) as usize];
-        let mut table = shard.write();
+        let mut table = shard.table.write();
         let th = table_hash(hash);
         if let Some(c) = table.find(th, |c| c.is(hash, key)) {
             // Promoted by another thread meanwhile.
@@ -361,9 +443,17 @@ impl Detector {
                 }
                 _ => {
                     // No room: the read stays in the sketch, which remains
-                    // an upper bound for the key.
+                    // an upper bound for the key. Remember the floor so that
+                    // reads refused again skip this lock and scan.
                     rc.sketch.add(hash, n, now_ms);
                     self.rejected.fetch_add(1, Ordering::Relaxed);
+                    let floor = victim.map_or(u64::MAX, |(sum, _, _)| sum);
+                    let memo = Refusal {
+                        generation,
+                        bucket: now_ms / rc.bucket_ms,
+                        floor,
+                    };
+                    shard.refusal.store(memo.pack(), Ordering::Relaxed);
                     return;
                 }
             }
@@ -447,6 +537,9 @@ impl Detector {
                 }
             });
             if !cooled.is_empty() {
+                // Cooled candidates are evictable now: full shards' floors
+                // may have fallen, so their refusals are not trusted any more.
+                rc.generation.fetch_add(1, Ordering::Release);
                 rc.metrics.cooled.increment(cooled.len() as u64);
                 rc.metrics.hot_keys.decrement(cooled.len() as f64);
             }
@@ -471,12 +564,17 @@ impl Detector {
                     )
                     .is_ok()
             {
+                let mut swept = 0;
                 for shard in rc.shards.iter() {
-                    let mut table = shard.write();
+                    let mut table = shard.table.write();
                     let before = table.len();
                     table.retain(|c| c.hot.load(Ordering::Relaxed) || c.ring.sum(now_ms) > 0);
-                    self.evictions
-                        .fetch_add((before - table.len()) as u64, Ordering::Relaxed);
+                    swept += before - table.len();
+                }
+                if swept > 0 {
+                    // Room in some shards: forget their refusals.
+                    rc.generation.fetch_add(1, Ordering::Release);
+                    self.evictions.fetch_add(swept as u64, Ordering::Relaxed);
                 }
             }
         }
@@ -537,7 +635,7 @@ impl Detector {
     pub fn estimate_at(&self, key: &[u8], now_ms: u64) -> Option<u64> {
         let rc = self.rules.iter().find(|r| r.rule.pattern.matches(key))?;
         let hash = self.hasher.hash_one(key);
-        let table = rc.shards[(hash >> SHARD_SHIFT) as usize].read();
+        let table = rc.shards[(hash >> SHARD_SHIFT) as usize].table.read();
         Some(match table.find(table_hash(hash), |c| c.is(hash, key)) {
             Some(c) => c.ring.sum(now_ms),
             None => rc.sketch.estimate(hash, now_ms),
@@ -559,7 +657,7 @@ impl Detector {
         for rc in self.rules.iter() {
             s.memory_bytes += rc.sketch.memory_bytes();
             for shard in rc.shards.iter() {
-                let t = shard.read();
+                let t = shard.table.read();
                 s.candidates += t.len();
                 s.memory_bytes +=
                     t.capacity() * 16 + t.iter().map(|c| c.memory_bytes()).sum::<usize>();
@@ -897,6 +995,144 @@ mod tests {
                 proptest::prop_assert!(d.estimate_at(&[key], now).unwrap() >= n);
             }
         }
+    }
+
+    /// A detector whose shards hold one candidate each, and two keys of
+    /// one shard.
+    fn one_per_shard(rule: Rule) -> (Detector, ManualClock, [u8; 4], [u8; 4]) {
+        let clock = ManualClock::new(1_000_000);
+        let cfg = Config {
+            rules: vec![rule],
+            max_candidates: SHARDS,
+            sketch_bytes: 1 << 20,
+            hash_seed: Some(5),
+            ..Config::default()
+        };
+        let d = Detector::with_clock(cfg, Arc::new(clock.clone())).unwrap();
+        let shard = |k: u32| d.hasher.hash_one(k.to_le_bytes()) >> SHARD_SHIFT;
+        let other = (1..).find(|&k| shard(k) == shard(0)).unwrap();
+        (d, clock, 0u32.to_le_bytes(), other.to_le_bytes())
+    }
+
+    /// Records `reads` reads of `key` on another thread while this one holds
+    /// the read lock of the key's shard: they finish only if none of them
+    /// takes the write lock.
+    fn record_without_write_lock(d: &Arc<Detector>, key: [u8; 4], reads: u64) {
+        let hash = d.hasher.hash_one(key);
+        let _held = d.rules[0].shards[(hash >> SHARD_SHIFT) as usize]
+            .table
+            .read();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d2 = Arc::clone(d);
+        std::thread::spawn(move || {
+            for _ in 0..reads {
+                d2.record(&key);
+            }
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("a refused read waited for the shard's write lock");
+    }
+
+    #[test]
+    fn a_refused_key_skips_the_write_lock_and_evicts_once_past_the_floor() {
+        // Candidate level 12; the shard's one slot holds `cold`, 50 reads.
+        let (d, _clock, cold, key) = one_per_shard(Rule::default().with_threshold(100));
+        let d = Arc::new(d);
+        d.record_n(&cold, 50);
+        for _ in 0..12 {
+            d.record(&key); // the 12th reaches the level: refused
+        }
+        assert_eq!(d.stats().rejected_promotions, 1);
+        // Reads 13..=50 are at or below the floor (50): refused cheaply.
+        record_without_write_lock(&d, key, 38);
+        assert_eq!(d.stats().rejected_promotions, 39);
+        assert_eq!(d.estimate_at(&key, d.clock().now_ms()), Some(50));
+        // The 51st passes the floor and evicts `cold`; the 101st is hot.
+        for _ in 51..=101 {
+            d.record(&key);
+        }
+        let ev = hot_events(&d);
+        assert_eq!(ev.len(), 1);
+        assert_eq!((ev[0].key.as_slice(), ev[0].rate), (&key[..], 101));
+        let s = d.stats();
+        assert_eq!((s.evictions, s.rejected_promotions), (1, 39), "{s:?}");
+    }
+
+    #[test]
+    fn a_refused_key_is_detected_once_a_hot_candidate_cools_down() {
+        let rule = Rule::default()
+            .with_threshold(100)
+            .with_cooldown(Duration::from_millis(100));
+        let (d, clock, hot, key) = one_per_shard(rule);
+        let d = Arc::new(d);
+        d.record_n(&hot, 101);
+        assert_eq!(hot_events(&d).len(), 1);
+        // A hot candidate is never evicted: every read of `key` from the
+        // 12th on is refused, all but the first without the write lock.
+        for _ in 0..12 {
+            d.record(&key);
+        }
+        record_without_write_lock(&d, key, 200);
+        assert!(hot_events(&d).is_empty());
+        assert_eq!(d.stats().rejected_promotions, 201);
+        // Two windows later `hot` is below its threshold (not yet for its
+        // cool-down) and the reads above have left the sketch. `key` is
+        // refused again, in two buckets ...
+        clock.advance_ms(2000);
+        d.tick();
+        clock.advance_ms(50);
+        for _ in 0..12 {
+            d.record(&key); // the 12th reaches the level
+        }
+        clock.advance_ms(50);
+        for _ in 0..12 {
+            d.record(&key); // the first of a new bucket takes the lock
+        }
+        assert_eq!(d.stats().rejected_promotions, 214);
+        // ... then, in the same bucket as the last refusal, the tick cools
+        // `hot` down: the remembered refusal no longer holds, the next read
+        // evicts `hot`, and the 101st read in the window is detected.
+        d.tick();
+        assert!(matches!(d.poll_event(), Some(Event::Cooled(c)) if c.key == hot));
+        for _ in 0..77 {
+            d.record(&key);
+        }
+        let ev = hot_events(&d);
+        assert_eq!(ev.len(), 1, "detected once room freed up");
+        assert_eq!((ev[0].key.as_slice(), ev[0].rate), (&key[..], 101));
+        let s = d.stats();
+        assert_eq!((s.evictions, s.rejected_promotions), (1, 214), "{s:?}");
+    }
+
+    #[test]
+    fn refusal_memo_round_trips_and_expires() {
+        let memo = Refusal {
+            generation: 3,
+            bucket: 17_000_000_123,
+            floor: 50,
+        }
+        .pack();
+        assert!(Refusal::refuses(memo, 3, 17_000_000_123, 50));
+        assert!(
+            !Refusal::refuses(memo, 3, 17_000_000_123, 51),
+            "past the floor"
+        );
+        assert!(
+            !Refusal::refuses(memo, 4, 17_000_000_123, 1),
+            "new generation"
+        );
+        assert!(!Refusal::refuses(memo, 3, 17_000_000_124, 1), "new bucket");
+        assert!(!Refusal::refuses(0, 0, 0, 1), "no memo");
+        // A floor beyond 24 bits is clamped down: it refuses less, never more.
+        let all_hot = Refusal {
+            generation: 0,
+            bucket: 0,
+            floor: u64::MAX,
+        }
+        .pack();
+        assert!(Refusal::refuses(all_hot, 0, 0, Refusal::FLOOR_MAX));
+        assert!(!Refusal::refuses(all_hot, 0, 0, Refusal::FLOOR_MAX + 1));
     }
 
     #[test]
