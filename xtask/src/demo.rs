@@ -466,6 +466,18 @@ mod tests {
         let (mut app, server) = app_with_a_server("wait");
         let group = Pid::from_child(&app);
         let mut guard = interrupt_guard(group).unwrap();
+        // As a Ctrl-C does, once the guard has set its trap (SigCgt has
+        // SIGINT, bit 1): before that, sh would just die of it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(format!("/proc/{}/status", guard.id()))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("SigCgt:"))
+            .any(|mask| u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & 0b10 != 0))
+        {
+            assert!(Instant::now() < deadline, "the guard never set its trap");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         kill_process(Pid::from_child(&guard), Signal::INT).unwrap();
         assert_eq!(
             guard.wait().unwrap().code(),
