@@ -805,6 +805,22 @@ mod tests {
     }
 
     #[test]
+    fn windows_are_bucket_aligned_with_one_bucket_of_slack() {
+        // 1_000_000 is a bucket boundary; buckets of 100 ms, 10 per window.
+        // 1001 reads 900 ms apart (buckets 0 and 9) share a window.
+        let (d, _clock) = detector(vec![Rule::default()]);
+        d.record_at(b"k", 500, 1_000_099);
+        d.record_at(b"k", 501, 1_000_999);
+        assert_eq!(hot_events(&d).len(), 1);
+        // 990 ms apart, but in buckets 0 and 10: never in one window.
+        let (d, _clock) = detector(vec![Rule::default()]);
+        d.record_at(b"k", 500, 1_000_050);
+        d.record_at(b"k", 501, 1_001_040);
+        assert!(hot_events(&d).is_empty());
+        assert_eq!(d.estimate_at(b"k", 1_001_040), Some(501));
+    }
+
+    #[test]
     fn detection_happens_at_the_crossing_read() {
         let (d, clock) = detector(vec![Rule::default().with_threshold(100)]);
         // 30 reads per 100 ms bucket: the window passes 100 during the 4th bucket.

@@ -30,15 +30,28 @@
 //!
 //! # Guarantees
 //!
+//! * **Windows are bucket-aligned.** A rule's window is `buckets` buckets
+//!   of `window / buckets` (100 ms of 1 s by default); the count at time `t`
+//!   is the sum of the bucket holding `t` and the `buckets - 1` before it
+//!   (see [`Rule`]), so it covers between `window - bucket` and `window` of
+//!   the past, not an arbitrary interval of length `window`. Reads at most
+//!   `window - bucket` apart (900 ms by default) always fall into one
+//!   window; reads further apart but less than `window` apart may not
+//!   (buckets start at multiples of 100 ms of the clock, so 500 reads at
+//!   50 ms and 501 at 1040 ms are never in one window): up to one bucket of
+//!   slack. The exact window never counts reads `window` or more apart
+//!   together (a new candidate's seed may include older reads: the
+//!   over-estimate below).
 //! * **No missed hot key.** A key's windowed count as the detector sees it
 //!   is never below its true count (the sketch is an upper bound and a
 //!   candidate's window is seeded with that bound), so every key read more
-//!   than `threshold` times in a window is reported, at the read that
-//!   crosses the threshold. Two exceptions, both visible in
-//!   [`DetectorStats`]: more than `max_candidates` keys per rule at the
-//!   candidate level at once (`rejected_promotions`), and reads of a key
-//!   that race, on another thread, with that key's own promotion (at most
-//!   one read per thread).
+//!   than `threshold` times in a window (bucket-aligned, as above) is
+//!   reported, at the read that crosses the threshold; in particular every
+//!   key read more than `threshold` times within `window - bucket`. Two
+//!   exceptions, both visible in [`DetectorStats`]: more than
+//!   `max_candidates` keys per rule at the candidate level at once
+//!   (`rejected_promotions`), and reads of a key that race, on another
+//!   thread, with that key's own promotion (at most one read per thread).
 //! * **Bounded over-estimate.** The over-estimate of a candidate is its seed,
 //!   at most the candidate level (`threshold / candidate_divisor`, 1/8 by
 //!   default) plus sketch collisions, and it leaves the window within one
