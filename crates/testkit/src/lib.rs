@@ -31,6 +31,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod error;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod proxy;
@@ -40,6 +41,7 @@ mod zookeeper;
 #[cfg(feature = "metrics")]
 pub use crate::metrics::TestRecorder;
 
+pub use error::{ProbeError, Result};
 pub use proxy::{FaultProxy, Mode};
-pub use services::{ProbeError, Service, require};
+pub use services::{Service, require};
 pub use zookeeper::{Ensemble, EnsembleMember, ZOOKEEPER_JAR, ZooKeeperServer};

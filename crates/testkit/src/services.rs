@@ -17,6 +17,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use crate::error::ProbeError;
+
 /// One of the servers the workspace's tests and demos talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Service {
@@ -141,29 +143,6 @@ impl fmt::Display for Service {
             Service::ZooKeeper => "ZooKeeper",
         })
     }
-}
-
-/// Why a service could not be reached.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    /// The configured URL does not name a reachable host and port.
-    #[error("{service} endpoint {url:?} is not a valid host:port")]
-    BadEndpoint {
-        /// The service.
-        service: Service,
-        /// The URL as configured.
-        url: String,
-    },
-    /// Nothing answered over the service's protocol at the address.
-    #[error("{service} is not answering at {addr}: {reason}")]
-    NotAnswering {
-        /// The service.
-        service: Service,
-        /// The address tried.
-        addr: SocketAddr,
-        /// What went wrong: refused, timed out, or an unexpected reply.
-        reason: String,
-    },
 }
 
 /// Returns the service's URL after checking that it answers, or panics with
