@@ -576,6 +576,76 @@ async fn a_failed_spill_is_an_error_not_an_acknowledgement() {
     assert_eq!(e.stats().spilled, 0);
 }
 
+/// A brief disk-full while degraded, end to end over the real spill log
+/// (in memory, with an injected fault): the publish it strikes gets an
+/// error, not a receipt; the next ones are spilled again once the log was
+/// reopened; and once the broker is back every acknowledged message reaches
+/// it, in order — the one that got the error does not (the failing log cut
+/// it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_error_fails_that_spill_and_spilling_resumes() {
+    use crate::spill::{DiskSpill, SpillConfig};
+    use double_buffer::{Fault, MemStorage, SpillLog};
+
+    let broker = FakeBroker::new(Mode::Ack);
+    broker.with(|s| s.refuse_connects = true);
+    let mem = MemStorage::new();
+    let log = double_buffer::Config {
+        slices: 1,
+        buffer_size: 16 << 10,
+        linger: Duration::from_millis(1),
+        ..double_buffer::Config::default()
+    };
+    let spill_cfg = SpillConfig {
+        dir: "mem:".into(),
+        log: log.clone(),
+        reopen_interval: Duration::from_millis(50),
+    };
+    let m = mem.clone();
+    let spill = DiskSpill::open_with(
+        &spill_cfg,
+        Arc::new(move || SpillLog::open_with_storage(Arc::new(m.clone()), log.clone())),
+    )
+    .unwrap();
+    let e = Engine::start(
+        cfg(4),
+        Arc::new(broker.clone()),
+        Arc::new(spill),
+        "publisher",
+    )
+    .unwrap();
+    let publish = |i| {
+        let e = e.clone();
+        async move { e.submit(msg(i)).await?.await }
+    };
+    for i in 0..5 {
+        assert_eq!(
+            publish(i).await.unwrap(),
+            Receipt::Spilled(SpillReason::Degraded)
+        );
+    }
+    mem.inject(Fault::Sync, 0, std::io::ErrorKind::StorageFull);
+    let err = publish(5).await.unwrap_err();
+    assert!(matches!(err, crate::Error::Spill(_)), "{err}");
+    mem.heal();
+    for i in 6..10 {
+        assert_eq!(
+            publish(i).await.unwrap(),
+            Receipt::Spilled(SpillReason::Degraded)
+        );
+    }
+    assert_eq!(e.stats().spilled, 9);
+    broker.with(|s| s.refuse_connects = false);
+    wait_state(&e, PublisherState::Healthy).await;
+    e.flush().await.unwrap();
+    let want: Vec<String> = (0..10)
+        .filter(|&i| i != 5)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(first_occurrences(&broker.received()), want);
+    e.close().await;
+}
+
 /// When the spill log has no room (its buffers are being written), the
 /// actor does not block: records wait in order, intake stops at
 /// `spill_window`, nothing is acknowledged early, and all of it is appended

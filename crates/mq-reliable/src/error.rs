@@ -32,7 +32,10 @@ pub enum Error {
         reason: String,
     },
     /// The spill log failed (disk full, permission denied, I/O error, a
-    /// corrupt segment). A message whose spill failed is not acknowledged.
+    /// corrupt segment), or could not be reopened after such a failure. A
+    /// message whose spill failed is not acknowledged. Spilling resumes once
+    /// the log is reopened (see the crate docs, "Disk errors while
+    /// spilling").
     #[error("spill log: {0}")]
     Spill(#[source] SpillError),
     /// A publisher or consumer was started outside a tokio runtime.

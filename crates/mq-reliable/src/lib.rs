@@ -67,6 +67,36 @@
 //!   it lived only in memory (the window or the spill log's buffer) and may or
 //!   may not have been delivered.
 //!
+//! **Disk errors while spilling.** When a write or an `fdatasync` of the
+//! spill log fails (a full disk, an I/O error):
+//! - *Which messages get an error:* every message whose spill record was
+//!   not yet durable when the flush failed — the record that flush carried
+//!   and any appended behind it (records become durable in append order, so
+//!   this is the tail of what was spilled) — gets `Err(`[`Error::Spill`]`)`
+//!   instead of a receipt, and so does every spill while the log cannot be
+//!   replaced (below). None of them was reported spilled; the caller still
+//!   owns them. The failing log cuts them from its files before anyone
+//!   hears of the failure, so they are not replayed either (unless the
+//!   process dies in between: then one may still be replayed, a copy of a
+//!   message that got an error).
+//! - *Nothing acknowledged is lost:* every [`Receipt::Spilled`] was given
+//!   after the `fdatasync` covering it returned; the failed log is replaced
+//!   by opening the directory again, whose recovery scan verifies every
+//!   record and keeps all of those; the replay checkpoint is untouched.
+//! - *Spilling resumes:* a failed log refuses appends for good, so the next
+//!   spill closes it and opens the directory again — on a background thread,
+//!   the spill waiting meanwhile — and is then appended to the new log (one
+//!   retry). If the directory cannot be opened, that spill fails with
+//!   [`Error::Spill`]. The first attempt after a log that had made records
+//!   durable is immediate; after an attempt that failed, or a reopened log
+//!   that failed before making anything durable (the disk is still full),
+//!   the next waits [`SpillConfig::reopen_interval`] (default 1 s), doubling
+//!   up to a minute, and spills fail at once until then.
+//! - A replay running on the failed log stops (its reader is closed with
+//!   the log) and starts again later from the persisted checkpoint; the
+//!   records confirmed since that checkpoint are published again (case 3
+//!   below).
+//!
 //! **What may be delivered twice (at-least-once).** Every copy of a message
 //! carries the same `message_id`; [`Dedupe`] removes them. Copies arise only
 //! from:
@@ -77,8 +107,9 @@
 //!    after the timeout is this case;
 //! 2. a replay interrupted by a failure: records confirmed behind one that
 //!    was not are replayed again — at most one window;
-//! 3. a process crash during a replay: records confirmed since the last
-//!    persisted checkpoint are replayed again — at most
+//! 3. a process crash during a replay, or a spill log replaced after a disk
+//!    error during one: records confirmed since the last persisted
+//!    checkpoint are replayed again — at most
 //!    [`ReliabilityConfig::checkpoint_every`] plus one window per crash (the
 //!    replay pauses while a due checkpoint is written, so the bound is the
 //!    same as if it were written synchronously); an unroutable record moved
