@@ -337,6 +337,31 @@ fn every_example_binary_and_xtask_has_a_crate_doc() {
 }
 
 #[test]
+fn every_library_crate_has_one_error_rs_re_exported_with_a_result_alias() {
+    for dir in library_crates() {
+        let error = dir.join("src/error.rs");
+        assert!(
+            error.exists(),
+            "crates/{} needs src/error.rs with its thiserror enum and Result alias",
+            name(&dir)
+        );
+        let text = read(&error);
+        assert!(
+            text.contains("thiserror::Error") && text.contains("pub type Result"),
+            "crates/{}/src/error.rs must hold a thiserror enum and a `Result` alias",
+            name(&dir)
+        );
+        let lib = read(&dir.join("src/lib.rs"));
+        assert!(
+            lib.lines()
+                .any(|l| l.starts_with("pub use error::{") && l.contains("Result")),
+            "crates/{}/src/lib.rs must re-export its error enum and `Result` from `error`",
+            name(&dir)
+        );
+    }
+}
+
+#[test]
 fn every_crate_has_a_readme() {
     for dir in library_crates() {
         assert!(
