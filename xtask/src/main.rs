@@ -3,6 +3,8 @@
 //! ```text
 //! cargo xtask services up|status|down   RabbitMQ, Redis, ZooKeeper on loopback
 //! cargo xtask test [-- ARGS]            services up, then every test of the workspace
+//! cargo xtask demo [SCENARIO...]        the example apps end to end, one row per promise
+//! cargo xtask bench [--smoke] [NAME...] every crate's benchmark, into BENCHMARKS.md
 //! ```
 
 use std::path::{Path, PathBuf};
