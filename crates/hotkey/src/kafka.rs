@@ -17,6 +17,23 @@
 //! end) are skipped, so a detector that restarts or lags does not turn a
 //! backlog into a burst.
 //!
+//! Early sends: waiting for the interval end would add up to one interval
+//! (100 ms) to the detection of every hot key. So a key that gets
+//! `urgent_count` reads (default 100) within one interval is *urgent* until
+//! the interval ends: the reporter's task sends the pending counts of the
+//! urgent keys at once, and every further read of an urgent key is sent the
+//! same way, instead of at the interval end. Early sends carry urgent keys
+//! only (the other keys still wait for the interval) and are rate-bounded:
+//! at least `urgent_gap` (default 5 ms) passes between the start of one
+//! early send and the start of the next, so a storm of hot keys costs at
+//! most one early send (one message per partition) per `urgent_gap` on top
+//! of the interval's, never one message per read. The interval sends go on
+//! as before. On the read path an urgent key costs one comparison under the
+//! shard lock `record` takes anyway, plus one atomic load (an atomic swap
+//! and a wake-up when no early send is pending yet). Early sends happen in
+//! the task of [`KafkaReporter::spawn`]; [`KafkaReporter::flush`] sends
+//! everything, urgent or not.
+//!
 //! Delivery: a batch whose send fails is merged back into the aggregate
 //! and sent with the next interval, so a broker outage delays counts but
 //! loses none while the reporter runs — up to a bound: the aggregate holds
@@ -33,7 +50,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -52,11 +69,27 @@ use crate::detector::Detector;
 use crate::error::{Error, Result};
 use crate::metrics::{ReporterMetrics, SourceMetrics};
 use crate::report::{Report, entry_size, header_size};
+use crate::rule::Rule;
 
 const SHARDS: usize = 16;
 
-/// Reads per key since the last send.
-type Aggregate = HashMap<Box<[u8]>, u64>;
+/// A key's reads since they were last sent.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    reads: u64,
+    /// Reached `urgent_count` reads in this interval: its reads go out in
+    /// early sends until the interval ends.
+    urgent: bool,
+}
+
+/// One shard of the aggregate.
+#[derive(Debug, Default)]
+struct Shard {
+    /// Reads per key since the last send.
+    keys: HashMap<Box<[u8]>, Pending>,
+    /// The keys of `keys` marked urgent in this interval.
+    urgent: Vec<Box<[u8]>>,
+}
 /// Seed of the key → partition hash: fixed, so every instance agrees.
 const PARTITION_SEED: u64 = 0x686f_746b_6579;
 
@@ -71,8 +104,21 @@ pub struct ReporterConfig {
     pub instance: String,
     /// How often aggregated counts are sent (default 100 ms).
     pub interval: Duration,
-    /// Distinct keys aggregated before an early send is triggered.
+    /// Distinct keys aggregated before an early send (of everything) is
+    /// triggered.
     pub max_keys: usize,
+    /// Reads of one key within one interval that make it urgent: its pending
+    /// reads are sent at once, and its further reads in the interval too,
+    /// rather than at the interval end (see the module docs). Default 100:
+    /// a tenth of the default rule's 1000 reads per second, i.e. what one
+    /// instance reads in one 100 ms interval of a key read at the threshold
+    /// rate. [`ReporterConfig::urgent_count_for`] derives it from other
+    /// rules. At least 1; `u64::MAX` turns early sends off.
+    pub urgent_count: u64,
+    /// Least time between the starts of two early sends (default 5 ms):
+    /// bounds the extra messages a storm of hot keys causes. In
+    /// 1 ms ..= `interval`.
+    pub urgent_gap: Duration,
     /// Distinct keys the aggregate holds at most (while sends fail, failed
     /// batches are kept up to this); reads of further new keys are dropped and
     /// counted in [`ReporterStats::dropped_reads`]. At least `max_keys`.
@@ -93,6 +139,8 @@ impl Default for ReporterConfig {
             instance: "instance".into(),
             interval: Duration::from_millis(100),
             max_keys: 100_000,
+            urgent_count: 100,
+            urgent_gap: Duration::from_millis(5),
             max_pending_keys: 1_000_000,
             max_message_bytes: 512 * 1024,
             send_timeout: Duration::from_secs(5),
@@ -126,6 +174,20 @@ impl ReporterConfig {
                 "must be at least 1",
             ));
         }
+        if self.urgent_count == 0 {
+            return Err(Error::config(
+                "urgent_count",
+                self.urgent_count,
+                "must be at least 1 (u64::MAX turns early sends off)",
+            ));
+        }
+        if !(Duration::from_millis(1)..=self.interval).contains(&self.urgent_gap) {
+            return Err(Error::config(
+                "urgent_gap",
+                self.urgent_gap,
+                "must be in 1 ms ..= interval",
+            ));
+        }
         if self.max_pending_keys < self.max_keys {
             return Err(Error::config(
                 "max_pending_keys",
@@ -148,6 +210,25 @@ impl ReporterConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl ReporterConfig {
+    /// An `urgent_count` for these rules: a tenth of the smallest threshold
+    /// (at least 1), i.e. a key's reads in one tenth of its window at the
+    /// threshold rate (one 100 ms interval for a 1 s window). 100 for the
+    /// default rule; 100 too when `rules` is empty.
+    ///
+    /// With many instances sharing a hot key evenly, each sees only its
+    /// share: lower `urgent_count` to about this value divided by the number
+    /// of instances to send their counts early too (more early sends).
+    #[must_use]
+    pub fn urgent_count_for(rules: &[Rule]) -> u64 {
+        rules
+            .iter()
+            .map(|r| (r.threshold / 10).max(1))
+            .min()
+            .unwrap_or(100)
     }
 }
 
@@ -194,6 +275,9 @@ pub struct ReporterStats {
     /// Reads not reported: of a new key while `max_pending_keys` keys were
     /// waiting, or of a key too long to fit in one message.
     pub dropped_reads: u64,
+    /// Early sends of urgent keys that delivered at least one message
+    /// (their messages are counted in `messages` too).
+    pub urgent_sends: u64,
 }
 
 /// Aggregates an instance's reads and reports them to Kafka. See the module
@@ -204,8 +288,12 @@ pub struct KafkaReporter {
     partitions: i32,
     clock: Arc<dyn Clock>,
     hasher: foldhash::fast::FixedState,
-    shards: Box<[Mutex<Aggregate>]>,
+    shards: Box<[Mutex<Shard>]>,
     pending_keys: AtomicU64,
+    /// An early send is asked for and has not started yet.
+    urgent_pending: AtomicBool,
+    urgent: Notify,
+    urgent_sends: AtomicU64,
     /// Longest key that fits in one message.
     max_key_len: usize,
     full: Notify,
@@ -284,8 +372,11 @@ impl KafkaReporter {
             partitions,
             clock,
             hasher: foldhash::fast::FixedState::with_seed(PARTITION_SEED),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             pending_keys: AtomicU64::new(0),
+            urgent_pending: AtomicBool::new(false),
+            urgent: Notify::new(),
+            urgent_sends: AtomicU64::new(0),
             max_key_len,
             full: Notify::new(),
             messages: AtomicU64::new(0),
@@ -311,8 +402,16 @@ impl KafkaReporter {
 
     /// Records `n` reads of `key` (dropped and counted when the key is too
     /// long for a message, or new while the aggregate is full; see the module
-    /// docs).
+    /// docs). A key that reaches `urgent_count` reads in the interval is sent
+    /// early by the task of [`spawn`](Self::spawn).
     pub fn record_n(&self, key: &[u8], n: u64) {
+        self.add(key, n, true);
+    }
+
+    /// Adds `n` reads of `key`; `fresh` is false for the counts of a failed
+    /// send, merged back: they neither make a key urgent nor ask for an
+    /// early send (they wait for the interval, or the key's next read).
+    fn add(&self, key: &[u8], n: u64, fresh: bool) {
         if n == 0 {
             return;
         }
@@ -321,20 +420,48 @@ impl KafkaReporter {
             return;
         }
         let h = self.hasher.hash_one(key);
-        let mut shard = self.shards[(h as usize) % SHARDS].lock();
-        if let Some(c) = shard.get_mut(key) {
-            *c = c.saturating_add(n);
+        let mut guard = self.shards[(h as usize) % SHARDS].lock();
+        let shard = &mut *guard;
+        if let Some(p) = shard.keys.get_mut(key) {
+            p.reads = p.reads.saturating_add(n);
+            let wake = fresh && (p.urgent || p.reads >= self.cfg.urgent_count);
+            if wake && !p.urgent {
+                p.urgent = true;
+                shard.urgent.push(key.into());
+            }
+            drop(guard);
+            if wake {
+                self.wake_urgent();
+            }
             return;
         }
         if self.pending_keys.load(Ordering::Relaxed) >= self.cfg.max_pending_keys as u64 {
-            drop(shard);
+            drop(guard);
             self.dropped.fetch_add(n, Ordering::Relaxed);
             return;
         }
-        shard.insert(key.into(), n);
-        drop(shard);
+        let urgent = fresh && n >= self.cfg.urgent_count;
+        shard.keys.insert(key.into(), Pending { reads: n, urgent });
+        if urgent {
+            shard.urgent.push(key.into());
+        }
+        drop(guard);
+        if urgent {
+            self.wake_urgent();
+        }
         if self.pending_keys.fetch_add(1, Ordering::Relaxed) + 1 == self.cfg.max_keys as u64 {
             self.full.notify_one();
+        }
+    }
+
+    /// Asks the task for an early send, unless one is asked for already (a
+    /// load, in the common case of a busy urgent key).
+    #[inline]
+    fn wake_urgent(&self) {
+        if !self.urgent_pending.load(Ordering::Relaxed)
+            && !self.urgent_pending.swap(true, Ordering::AcqRel)
+        {
+            self.urgent.notify_one();
         }
     }
 
@@ -344,12 +471,52 @@ impl KafkaReporter {
 
     /// Sends everything aggregated so far; returns the number of entries
     /// sent. Entries of a failed send are merged back for the next call.
+    /// Ends the interval: no key is urgent afterwards.
     pub async fn flush(&self) -> Result<usize> {
         let mut taken: Vec<(Box<[u8]>, u64)> = Vec::new();
         for shard in self.shards.iter() {
-            taken.extend(std::mem::take(&mut *shard.lock()));
+            let keys = {
+                let mut shard = shard.lock();
+                shard.urgent.clear();
+                std::mem::take(&mut shard.keys)
+            };
+            // Urgent keys already sent early stay with 0 reads until now.
+            taken.extend(
+                keys.into_iter()
+                    .filter(|(_, p)| p.reads > 0)
+                    .map(|(k, p)| (k, p.reads)),
+            );
         }
         self.pending_keys.store(0, Ordering::Relaxed);
+        self.send(taken).await
+    }
+
+    /// The early send: the pending reads of the keys urgent in this interval
+    /// (the others stay for the interval's send). Returns the number of
+    /// entries sent; those of a failed send are merged back.
+    async fn flush_urgent(&self) -> Result<usize> {
+        let mut taken: Vec<(Box<[u8]>, u64)> = Vec::new();
+        for shard in self.shards.iter() {
+            let mut guard = shard.lock();
+            let shard = &mut *guard;
+            for key in &shard.urgent {
+                if let Some(p) = shard.keys.get_mut(key)
+                    && p.reads > 0
+                {
+                    taken.push((key.clone(), std::mem::take(&mut p.reads)));
+                }
+            }
+        }
+        let sent = self.send(taken).await;
+        if matches!(sent, Ok(n) if n > 0) {
+            self.urgent_sends.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Sends `taken`, one message per partition (more if one would exceed
+    /// `max_message_bytes`); merges back the entries of a failed send.
+    async fn send(&self, taken: Vec<(Box<[u8]>, u64)>) -> Result<usize> {
         if taken.is_empty() {
             self.publish_dropped();
             return Ok(0);
@@ -410,7 +577,7 @@ impl KafkaReporter {
                     self.failed.fetch_add(1, Ordering::Relaxed);
                     self.metrics.failed_sends.increment(1);
                     for (k, n) in report.entries {
-                        self.record_n(&k, n);
+                        self.add(&k, n, false);
                     }
                     first_error.get_or_insert(e);
                 }
@@ -444,28 +611,49 @@ impl KafkaReporter {
             reads: self.reads.load(Ordering::Relaxed),
             failed_sends: self.failed.load(Ordering::Relaxed),
             dropped_reads: self.dropped.load(Ordering::Relaxed),
+            urgent_sends: self.urgent_sends.load(Ordering::Relaxed),
         }
     }
 
     /// Spawns the task that flushes every `interval` (or early when
-    /// `max_keys` distinct keys are waiting). Aborted when the handle drops;
-    /// [`TaskHandle::shutdown`] flushes a last time.
+    /// `max_keys` distinct keys are waiting), and sends urgent keys early, at
+    /// most once per `urgent_gap` (see the module docs). Aborted when the
+    /// handle drops; [`TaskHandle::shutdown`] flushes a last time.
     pub fn spawn(self: &Arc<Self>) -> TaskHandle {
         let this = Arc::clone(self);
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut every = tokio::time::interval(this.cfg.interval);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // When the next early send may start.
+            let mut next_urgent = tokio::time::Instant::now();
             loop {
-                let stop = tokio::select! {
-                    _ = every.tick() => false,
-                    _ = this.full.notified() => false,
-                    _ = stop_rx.changed() => true,
+                let step = tokio::select! {
+                    _ = every.tick() => Step::Flush,
+                    _ = this.full.notified() => Step::Flush,
+                    _ = this.urgent.notified() => Step::Urgent,
+                    _ = stop_rx.changed() => Step::Stop,
                 };
+                if step == Step::Urgent {
+                    let stopped = tokio::select! {
+                        _ = tokio::time::sleep_until(next_urgent) => false,
+                        _ = stop_rx.changed() => true,
+                    };
+                    if !stopped {
+                        next_urgent = tokio::time::Instant::now() + this.cfg.urgent_gap;
+                        // Cleared before the counts are taken: a read after
+                        // this asks for the next early send.
+                        this.urgent_pending.store(false, Ordering::Release);
+                        if let Err(e) = this.flush_urgent().await {
+                            warn!(error = %e, "sending urgent read counts failed; kept for the next send");
+                        }
+                        continue;
+                    }
+                }
                 if let Err(e) = this.flush().await {
                     warn!(error = %e, "sending read counts failed; kept for the next interval");
                 }
-                if stop {
+                if step != Step::Flush {
                     break;
                 }
             }
@@ -475,6 +663,17 @@ impl KafkaReporter {
             task: Some(task),
         }
     }
+}
+
+/// What the reporter's task does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Send everything (interval end or `max_keys`).
+    Flush,
+    /// Send the urgent keys.
+    Urgent,
+    /// Send everything and stop.
+    Stop,
 }
 
 /// A background task of this module; dropping it aborts the task.
@@ -795,6 +994,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn urgent_count_is_a_tenth_of_the_smallest_threshold() {
+        assert_eq!(
+            ReporterConfig::urgent_count_for(&[Rule::default()]),
+            ReporterConfig::default().urgent_count
+        );
+        let rules = [
+            Rule::default().with_threshold(5000),
+            Rule::default().with_threshold(250),
+        ];
+        assert_eq!(ReporterConfig::urgent_count_for(&rules), 25);
+        assert_eq!(
+            ReporterConfig::urgent_count_for(&[Rule::default().with_threshold(3)]),
+            1
+        );
+        assert_eq!(ReporterConfig::urgent_count_for(&[]), 100);
+    }
+
+    #[test]
     fn configs_are_validated_and_errors_name_the_field() {
         ReporterConfig::default().validate().unwrap();
         SourceConfig::default().validate().unwrap();
@@ -825,6 +1042,31 @@ mod tests {
             let e = cfg.validate().unwrap_err().to_string();
             assert!(e.contains(field), "{field}: {e}");
         }
+        // The early-send fields: the error names the field and the value.
+        let e = ReporterConfig {
+            urgent_count: 0,
+            ..ReporterConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("urgent_count = 0"), "{e}");
+        let e = ReporterConfig {
+            urgent_gap: Duration::from_millis(101),
+            ..ReporterConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("urgent_gap = 101ms"), "{e}");
+        assert!(matches!(
+            ReporterConfig {
+                urgent_gap: Duration::ZERO,
+                ..ReporterConfig::default()
+            }
+            .validate(),
+            Err(Error::InvalidConfig { field, .. }) if field == "urgent_gap"
+        ));
         let source = [
             (
                 "group_id",

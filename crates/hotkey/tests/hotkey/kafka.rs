@@ -276,3 +276,142 @@ async fn the_aggregate_stays_bounded_while_kafka_is_down() {
     assert_eq!(sent, Some(3), "k1, k2 and k3");
     assert_eq!(r.stats().reads, 11 + 1 + 1);
 }
+
+/// A reporter with a 1 s interval, so that an early send is unambiguous.
+async fn slow_reporter(brokers: &str, topic: &str, clock: &ManualClock) -> Arc<KafkaReporter> {
+    let cfg = ReporterConfig {
+        brokers: brokers.into(),
+        topic: topic.into(),
+        instance: "web".into(),
+        interval: Duration::from_secs(1),
+        urgent_count: 100,
+        urgent_gap: Duration::from_millis(10),
+        send_timeout: Duration::from_millis(1500),
+        ..ReporterConfig::default()
+    };
+    KafkaReporter::with_clock(cfg, Arc::new(clock.clone()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_urgent_key_is_sent_before_the_interval_ends_and_cold_keys_wait() {
+    let kafka = EmbeddedKafka::start(&topic("urgent"), 2).unwrap();
+    let (brokers, topic) = (kafka.brokers(), kafka.topic().to_owned());
+    let clock = ManualClock::new(START);
+    let r = slow_reporter(&brokers, &topic, &clock).await;
+    let task = r.spawn();
+    // The interval's first tick fires at once (an empty send); the next
+    // interval send is due 1 s after this.
+    let interval_start = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // Cold keys: fewer than urgent_count reads each.
+    for i in 0..20 {
+        r.record_n(format!("cold-{i}").as_bytes(), 99);
+    }
+    r.record_n(b"hot", 99);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(r.stats().reads, 0, "nothing is urgent yet: {:?}", r.stats());
+
+    // The 100th read of "hot" makes it urgent: its reads go out at once.
+    r.record(b"hot");
+    wait_until(
+        "the urgent key's early send",
+        Duration::from_millis(500),
+        || r.stats().reads == 100,
+    )
+    .await;
+    let s = r.stats();
+    assert_eq!((s.messages, s.entries, s.urgent_sends), (1, 1, 1), "{s:?}");
+    assert!(
+        interval_start.elapsed() < Duration::from_millis(800),
+        "sent at {:?}, not early",
+        interval_start.elapsed()
+    );
+    // It stays urgent for the rest of the interval: its next reads are
+    // sent early too (here the one that makes it hot), without the cold
+    // keys.
+    r.record_n(b"hot", 901);
+    wait_until(
+        "the urgent key's second early send",
+        Duration::from_millis(500),
+        || r.stats().reads == 1001,
+    )
+    .await;
+    let s = r.stats();
+    assert_eq!((s.messages, s.entries, s.urgent_sends), (2, 2, 2), "{s:?}");
+    assert!(interval_start.elapsed() < Duration::from_millis(900));
+
+    // The cold keys wait for the interval's send.
+    wait_until("the interval send", Duration::from_secs(3), || {
+        r.stats().reads == 1001 + 20 * 99
+    })
+    .await;
+    assert!(
+        interval_start.elapsed() >= Duration::from_millis(950),
+        "cold keys sent at {:?}, before the interval ended",
+        interval_start.elapsed()
+    );
+    let s = r.stats();
+    assert_eq!(
+        (s.entries, s.urgent_sends),
+        (2 + 20, 2),
+        "the interval send holds the cold keys only: {s:?}"
+    );
+    task.shutdown().await;
+
+    // Every read reached the topic once: "hot" (1001) is hot, no cold key
+    // (99 each) is.
+    let detector = detector(&clock);
+    let (source_task, stats) = source(&brokers, &topic, &detector).spawn();
+    wait_until("the reads to be counted", Duration::from_secs(15), || {
+        stats.get().reads == 1001 + 20 * 99
+    })
+    .await;
+    assert_eq!(stats.get().reports, s.messages);
+    assert_eq!(hot_keys(&detector), vec![b"hot".to_vec()]);
+    source_task.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_urgent_keys_costs_at_most_one_early_send_per_gap() {
+    let kafka = EmbeddedKafka::start(&topic("storm"), 1).unwrap();
+    let (brokers, topic) = (kafka.brokers(), kafka.topic().to_owned());
+    let clock = ManualClock::new(START);
+    let r = slow_reporter(&brokers, &topic, &clock).await;
+    let task = r.spawn();
+    // Past the interval's first tick (an empty send at once).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let start = tokio::time::Instant::now();
+    // 50 urgent keys, each read again and again for 300 ms (well inside
+    // the 1 s interval): hundreds of thousands of reads of urgent keys.
+    let mut reads = 0u64;
+    for k in 0..50u32 {
+        r.record_n(&k.to_be_bytes(), 100);
+        reads += 100;
+    }
+    while start.elapsed() < Duration::from_millis(300) {
+        for k in 0..50u32 {
+            r.record(&k.to_be_bytes());
+            reads += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    let elapsed = start.elapsed();
+    wait_until("the last early send", Duration::from_millis(500), || {
+        r.stats().reads == reads
+    })
+    .await;
+    let s = r.stats();
+    // One partition: one message per send. The first tick's send was empty.
+    let bound = elapsed.as_millis() as u64 / 10 + 2;
+    assert!(s.urgent_sends >= 2, "{s:?}");
+    assert!(
+        s.messages <= bound,
+        "{} messages for {reads} reads in {elapsed:?}, bound {bound}: {s:?}",
+        s.messages
+    );
+    assert_eq!(s.messages, s.urgent_sends, "the interval has not ended");
+    task.shutdown().await;
+}
