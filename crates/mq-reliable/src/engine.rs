@@ -659,13 +659,25 @@ struct ReplayRun {
     id: u64,
     checkpointer: Checkpointer<SpillPos>,
     /// Records read from the log and not yet published, in log order.
-    buffered: VecDeque<(SpillPos, Vec<u8>)>,
+    buffered: VecDeque<(SpillPos, Fetched)>,
     /// The last read reached the end of the log and no append became
     /// durable since.
     at_end: bool,
     since_commit: usize,
     started: Instant,
     replayed: u64,
+    /// The reader failed after the records in `buffered`: once they are
+    /// published and confirmed (and so checkpointed), the run stops with
+    /// this error.
+    stop: Option<SpillError>,
+}
+
+/// A record a reader job fetched, decoded on the blocking pool.
+enum Fetched {
+    Message(Message),
+    /// This build cannot decode it (a newer build's format, say); its bytes
+    /// are durably in the quarantine file, so the checkpoint may pass it.
+    Quarantined,
 }
 
 /// Most records one read job fetches ahead of the window.
@@ -713,13 +725,15 @@ struct JobDone {
     /// Back from the job, unless it closed it.
     reader: Option<Box<dyn SpillReader>>,
     committed: Option<Result<SpillPos, SpillError>>,
-    records: Vec<(SpillPos, Vec<u8>)>,
+    records: Vec<(SpillPos, Fetched)>,
     /// The reader reported the end of the log.
     at_end: bool,
     read_error: Option<SpillError>,
 }
 
-/// Runs on the blocking pool.
+/// Runs on the blocking pool. A record that does not decode is written to
+/// the quarantine first; if that fails, the read stops before it with the
+/// error (the replay stops, the record stays in the log).
 fn run_job(mut reader: Box<dyn SpillReader>, job: Job) -> JobDone {
     let committed = job.commit.map(|pos| reader.commit(pos).map(|()| pos));
     let mut records = Vec::new();
@@ -727,7 +741,34 @@ fn run_job(mut reader: Box<dyn SpillReader>, job: Job) -> JobDone {
     let mut read_error = None;
     while records.len() < job.read {
         match reader.next() {
-            Ok(Some(rec)) => records.push(rec),
+            Ok(Some(rec)) => match record::decode(&rec.bytes) {
+                Ok(msg) => records.push((rec.pos, Fetched::Message(msg))),
+                Err(reason) => match reader.quarantine(&rec) {
+                    Ok(path) => {
+                        error!(
+                            position = %rec.pos,
+                            record_id = rec.id,
+                            reason,
+                            path = %path.display(),
+                            "a spill record this build cannot decode was quarantined; the replay \
+                             goes on"
+                        );
+                        records.push((rec.pos, Fetched::Quarantined));
+                    }
+                    Err(e) => {
+                        error!(
+                            position = %rec.pos,
+                            record_id = rec.id,
+                            reason,
+                            error = %e,
+                            "cannot quarantine a spill record this build cannot decode; the \
+                             replay stops before it"
+                        );
+                        read_error = Some(e);
+                        break;
+                    }
+                },
+            },
             Ok(None) => {
                 at_end = true;
                 break;
@@ -1382,6 +1423,7 @@ impl Actor {
                     since_commit: 0,
                     started: Instant::now(),
                     replayed: 0,
+                    stop: None,
                 });
                 // A head start, so that a short recovery does not stall
                 // producers at all.
@@ -1416,7 +1458,7 @@ impl Actor {
             if run.since_commit >= self.cfg.checkpoint_every {
                 break;
             }
-            let Some((pos, rec)) = run.buffered.pop_front() else {
+            let Some((pos, fetched)) = run.buffered.pop_front() else {
                 break;
             };
             let idx = run.checkpointer.push(pos);
@@ -1425,8 +1467,8 @@ impl Actor {
                 run.checkpointer.confirm(idx);
                 continue;
             }
-            match record::decode(&rec) {
-                Ok(msg) => {
+            match fetched {
+                Fetched::Message(msg) => {
                     let origin = Origin::Replay {
                         run: run.id,
                         idx,
@@ -1434,11 +1476,12 @@ impl Actor {
                     };
                     self.send(msg, origin);
                 }
-                Err(reason) => {
+                Fetched::Quarantined => {
+                    // Its bytes are safe outside the log (the job logged
+                    // where): the checkpoint may pass it.
                     run.checkpointer.confirm(idx);
                     bump(&self.counters.corrupt_records);
                     self.metrics.corrupt.increment(1);
-                    error!(position = %pos, reason, "skipping a spill record this crate cannot decode");
                 }
             }
         }
@@ -1455,7 +1498,7 @@ impl Actor {
                 None
             };
             let ahead = self.cfg.window.min(READ_AHEAD);
-            let read = if !run.at_end && run.buffered.len() * 2 <= ahead {
+            let read = if !run.at_end && run.stop.is_none() && run.buffered.len() * 2 <= ahead {
                 ahead - run.buffered.len()
             } else {
                 0
@@ -1471,9 +1514,24 @@ impl Actor {
                 self.spawn_job(job);
             }
         }
-        let Some(run) = self.replay.as_ref() else {
+        let Some(run) = self.replay.as_mut() else {
             return;
         };
+        if run.stop.is_some() {
+            // Everything read before the failure is through: stop here, so
+            // that the run's checkpoint covers exactly the records before
+            // the one the reader failed on.
+            if run.buffered.is_empty() && run.checkpointer.outstanding() == 0 {
+                let e = run.stop.take();
+                if let Some(e) = e {
+                    error!(error = %e, "spill log read failed; replay stops");
+                }
+                self.abort_replay();
+                self.set_state(PublisherState::Degraded);
+                self.schedule_retry();
+            }
+            return;
+        }
         if !run.at_end || !run.buffered.is_empty() {
             return;
         }
@@ -1542,10 +1600,12 @@ impl Actor {
             return;
         }
         if let Some(e) = done.read_error {
-            error!(error = %e, "spill log read failed; replay stops");
-            self.abort_replay();
-            self.set_state(PublisherState::Degraded);
-            self.schedule_retry();
+            // The records read before the failure are published first
+            // (`step_replay` stops the run after them).
+            if let Some(run) = self.replay.as_mut() {
+                run.buffered.extend(done.records);
+                run.stop = Some(e);
+            }
             return;
         }
         let epoch = self.spill_epoch;

@@ -646,6 +646,139 @@ async fn a_disk_error_fails_that_spill_and_spilling_resumes() {
     e.close().await;
 }
 
+/// A record this build cannot decode (say, a newer build's format) is
+/// not lost: its bytes go to the quarantine before the checkpoint passes
+/// it, it is counted, and the replay goes on with the records after it.
+#[tokio::test(start_paused = true)]
+async fn an_undecodable_record_is_quarantined_and_the_replay_goes_on() {
+    let broker = FakeBroker::new(Mode::Ack);
+    broker.with(|s| s.refuse_connects = true);
+    let spill = MemorySpill::new();
+    let newer = vec![9, 4, b'n', b'e', b'x', b't', 0, b'?'];
+    spill.push_raw(record::encode(&msg(0)));
+    spill.push_raw(newer.clone());
+    for i in 1..4 {
+        spill.push_raw(record::encode(&msg(i)));
+    }
+    let e = start(&broker, &spill, 2);
+    broker.with(|s| s.refuse_connects = false);
+    wait_state(&e, PublisherState::Healthy).await;
+    e.flush().await.unwrap();
+    assert_eq!(spill.quarantined(), [(1, newer)]);
+    assert_eq!(broker.received(), ["m0", "m1", "m2", "m3"]);
+    assert!(spill.pending().is_empty(), "checkpointed past it");
+    assert_eq!(e.stats().corrupt_records, 1);
+}
+
+/// If the quarantine cannot be written, the replay does not skip the
+/// record: it publishes what comes before it, checkpoints exactly that and
+/// stops with the error; the record and everything after it stay in the
+/// log, and the replay goes on once the quarantine can be written.
+#[tokio::test(start_paused = true)]
+async fn a_record_that_cannot_be_quarantined_stops_the_replay_before_it() {
+    let broker = FakeBroker::new(Mode::Ack);
+    broker.with(|s| s.refuse_connects = true);
+    let spill = MemorySpill::new();
+    let newer = vec![9, 1, b'x'];
+    spill.push_raw(record::encode(&msg(0)));
+    spill.push_raw(record::encode(&msg(1)));
+    spill.push_raw(newer.clone());
+    spill.push_raw(record::encode(&msg(2)));
+    spill.set_fail_quarantine(true);
+    let e = start(&broker, &spill, 8);
+    broker.with(|s| s.refuse_connects = false);
+    wait_state(&e, PublisherState::Recovering).await;
+    wait_state(&e, PublisherState::Degraded).await;
+    settle().await;
+    assert_eq!(first_occurrences(&broker.received()), ["m0", "m1"]);
+    assert_eq!(
+        spill.pending()[0],
+        newer,
+        "stopped at the record, not past it"
+    );
+    assert_eq!(spill.pending().len(), 2);
+    assert!(spill.quarantined().is_empty());
+    assert_eq!(e.stats().corrupt_records, 0);
+    // Later attempts stop at the same place until the quarantine works.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(spill.pending().len(), 2);
+    spill.set_fail_quarantine(false);
+    wait_state(&e, PublisherState::Healthy).await;
+    e.flush().await.unwrap();
+    assert_eq!(spill.quarantined(), [(2, newer)]);
+    assert_eq!(first_occurrences(&broker.received()), ["m0", "m1", "m2"]);
+    assert!(spill.pending().is_empty());
+}
+
+/// The same over the real spill log in a real directory: the undecodable
+/// record's bytes land in `<spill dir>/quarantine/<record id>.bin`; while
+/// that cannot be written (a file is in the way), the replay stops before
+/// the record; once it can, the replay goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_record_lands_in_the_quarantine_directory() {
+    use crate::spill::{DiskSpill, QUARANTINE_DIR, Spill, SpillConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let spill_dir = dir.path().join("spill");
+    let cfg = SpillConfig::new(&spill_dir);
+    let spill = DiskSpill::open(&cfg).unwrap();
+    let newer = b"\x09 a record from a newer build".to_vec();
+    let records = [
+        record::encode(&msg(0)),
+        newer.clone(),
+        record::encode(&msg(1)),
+    ];
+    for r in &records {
+        let durable = std::future::poll_fn(|cx| spill.poll_append(cx, r))
+            .await
+            .unwrap();
+        durable.await.unwrap();
+    }
+    // A file where the quarantine directory should be: writing fails.
+    let blocker = spill_dir.join(QUARANTINE_DIR);
+    std::fs::write(&blocker, b"in the way").unwrap();
+
+    let broker = FakeBroker::new(Mode::Ack);
+    let e = Engine::start(
+        cfg_with_fast_retry(),
+        Arc::new(broker.clone()),
+        Arc::new(spill),
+        "publisher",
+    )
+    .unwrap();
+    wait_state(&e, PublisherState::Recovering).await;
+    wait_state(&e, PublisherState::Degraded).await;
+    assert_eq!(first_occurrences(&broker.received()), ["m0"]);
+    std::fs::remove_file(&blocker).unwrap();
+    wait_state(&e, PublisherState::Healthy).await;
+    e.flush().await.unwrap();
+    assert_eq!(first_occurrences(&broker.received()), ["m0", "m1"]);
+    let files: Vec<_> = std::fs::read_dir(&blocker)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(
+        name.ends_with(".bin") && name.trim_end_matches(".bin").parse::<u64>().is_ok(),
+        "named by record id: {name}"
+    );
+    assert_eq!(std::fs::read(&files[0]).unwrap(), newer);
+    assert_eq!(e.stats().corrupt_records, 1);
+    e.close().await;
+}
+
+fn cfg_with_fast_retry() -> EngineConfig {
+    EngineConfig {
+        backoff: BackoffConfig {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(50),
+        },
+        ..cfg(4)
+    }
+}
+
 /// When the spill log has no room (its buffers are being written), the
 /// actor does not block: records wait in order, intake stops at
 /// `spill_window`, nothing is acknowledged early, and all of it is appended

@@ -97,6 +97,19 @@
 //!   records confirmed since that checkpoint are published again (case 3
 //!   below).
 //!
+//! **Records this build cannot decode** (written by a newer build with
+//! another record format, say) are never dropped. Before the replay's
+//! checkpoint may pass one, its raw bytes are written to
+//! `<spill dir>/quarantine/<record id>.bin` (a temporary file, fsynced,
+//! renamed into place, then the directory fsynced), the path is logged at
+//! error level and the record is counted ([`Stats::corrupt_records`],
+//! `mq_reliable_corrupt_records_total`); the replay then goes on with the
+//! records after it. If the quarantine file cannot be written, the replay
+//! publishes the records before it, checkpoints exactly those and stops
+//! with the error (logged; the publisher degrades and retries with
+//! backoff): the record, and everything after it, stays in the log.
+//! A build that reads the format can publish the quarantined bytes again.
+//!
 //! **What may be delivered twice (at-least-once).** Every copy of a message
 //! carries the same `message_id`; [`Dedupe`] removes them. Copies arise only
 //! from:

@@ -411,7 +411,10 @@ impl Spill for DiskSpill {
             Slot::Open(log) => {
                 let replay = Arc::new(Mutex::new(Some(log.replay()?)));
                 st.reader = Arc::downgrade(&replay);
-                Ok(Box::new(DiskReader(replay)))
+                Ok(Box::new(DiskReader {
+                    replay,
+                    quarantine: self.shared.dir.join(QUARANTINE_DIR),
+                }))
             }
             // The engine retries the replay later.
             Slot::Reopening { cause } => Err(Box::new(cause.clone())),
@@ -426,14 +429,18 @@ impl Spill for DiskSpill {
 
 /// A replay reader; a reopen of the log takes its `Replay` away (it holds
 /// the failed log and its directory lock), and it then fails.
-struct DiskReader(Arc<Mutex<Option<Replay>>>);
+struct DiskReader {
+    replay: Arc<Mutex<Option<Replay>>>,
+    /// `<spill dir>/quarantine`.
+    quarantine: PathBuf,
+}
 
 impl DiskReader {
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Replay) -> double_buffer::Result<T>,
     ) -> Result<T, SpillError> {
-        match lock(&self.0).as_mut() {
+        match lock(&self.replay).as_mut() {
             Some(replay) => Ok(f(replay)?),
             // Closed for a reopen: the engine stops this replay and starts
             // another from the persisted checkpoint.
@@ -443,10 +450,13 @@ impl DiskReader {
 }
 
 impl SpillReader for DiskReader {
-    fn next(&mut self) -> Result<Option<(SpillPos, Vec<u8>)>, SpillError> {
+    fn next(&mut self) -> Result<Option<SpillRecord>, SpillError> {
         self.with(|r| {
-            Ok(r.next_record()?
-                .map(|r| (SpillPos::Log(r.position()), r.payload().to_vec())))
+            Ok(r.next_record()?.map(|r| SpillRecord {
+                pos: SpillPos::Log(r.position()),
+                id: r.id().get(),
+                bytes: r.payload().to_vec(),
+            }))
         })
     }
 
@@ -456,6 +466,16 @@ impl SpillReader for DiskReader {
             #[cfg(test)]
             SpillPos::Mem(_) => Err("a memory position given to the disk log".into()),
         }
+    }
+
+    fn quarantine(&mut self, record: &SpillRecord) -> Result<PathBuf, SpillError> {
+        write_quarantine(&self.quarantine, record.id, &record.bytes).map_err(|e| {
+            Box::new(double_buffer::Error::Io {
+                op: "write quarantine file in",
+                path: self.quarantine.clone(),
+                source: Arc::new(e),
+            }) as SpillError
+        })
     }
 }
 
@@ -475,15 +495,64 @@ pub(crate) trait Spill: Send + Sync + fmt::Debug + 'static {
     fn reader(&self) -> Result<Box<dyn SpillReader>, SpillError>;
 }
 
-/// Reads spill records in log order. Both methods do file I/O (reads;
-/// fsyncs of the checkpoint): call them on a blocking thread.
+/// One record as a reader returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SpillRecord {
+    /// Just after the record.
+    pub(crate) pos: SpillPos,
+    /// The log's id for it, unique in the directory across restarts.
+    pub(crate) id: u64,
+    /// The record as appended.
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// Reads spill records in log order. Every method does file I/O (reads;
+/// fsyncs of the checkpoint and of quarantine files): call them on a
+/// blocking thread.
 pub(crate) trait SpillReader: Send + 'static {
     /// The next durable record, or `None` at the current end of the log.
-    fn next(&mut self) -> Result<Option<(SpillPos, Vec<u8>)>, SpillError>;
+    fn next(&mut self) -> Result<Option<SpillRecord>, SpillError>;
 
     /// Persists that every record up to and including `upto` is replayed;
     /// the log may delete them.
     fn commit(&mut self, upto: SpillPos) -> Result<(), SpillError>;
+
+    /// Keeps the bytes of a record this build cannot decode outside the log,
+    /// durably (file and directory synced), so that the checkpoint may pass
+    /// it without losing it; returns where they are.
+    fn quarantine(&mut self, record: &SpillRecord) -> Result<PathBuf, SpillError>;
+}
+
+/// The quarantine directory inside a spill directory.
+pub(crate) const QUARANTINE_DIR: &str = "quarantine";
+
+/// Writes `bytes` to `<dir>/<id>.bin` durably: a temporary file, written and
+/// fsynced, renamed into place (so a crash never leaves a partial file
+/// under the final name), then the directory fsynced — and the spill
+/// directory too, which holds the quarantine directory's own entry.
+pub(crate) fn write_quarantine(
+    dir: &std::path::Path,
+    id: u64,
+    bytes: &[u8],
+) -> std::io::Result<PathBuf> {
+    use std::io::Write as _;
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    let path = dir.join(format!("{id}.bin"));
+    let tmp = dir.join(format!("{id}.bin.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -514,6 +583,9 @@ mod memory {
         room_wakers: Vec<Waker>,
         commits: Vec<u64>,
         reader_open: bool,
+        /// (record position, bytes) of quarantined records.
+        quarantined: Vec<(u64, Vec<u8>)>,
+        fail_quarantine: bool,
     }
 
     impl MemorySpill {
@@ -530,6 +602,24 @@ mod memory {
                 .filter(|(p, _)| inner.checkpoint.is_none_or(|c| *p > c))
                 .map(|(_, r)| r.clone())
                 .collect()
+        }
+
+        /// Appends `bytes` as they are (a record another build wrote).
+        pub(crate) fn push_raw(&self, bytes: Vec<u8>) {
+            let mut inner = self.inner.lock().unwrap();
+            let pos = inner.next_pos;
+            inner.next_pos += 1;
+            inner.records.push((pos, bytes));
+        }
+
+        /// Quarantined records: (position, bytes).
+        pub(crate) fn quarantined(&self) -> Vec<(u64, Vec<u8>)> {
+            self.inner.lock().unwrap().quarantined.clone()
+        }
+
+        /// While set, writing a quarantine file fails.
+        pub(crate) fn set_fail_quarantine(&self, fail: bool) {
+            self.inner.lock().unwrap().fail_quarantine = fail;
         }
 
         pub(crate) fn set_fail_appends(&self, fail: bool) {
@@ -600,7 +690,7 @@ mod memory {
     }
 
     impl SpillReader for MemoryReader {
-        fn next(&mut self) -> Result<Option<(SpillPos, Vec<u8>)>, SpillError> {
+        fn next(&mut self) -> Result<Option<SpillRecord>, SpillError> {
             let inner = self.inner.lock().unwrap();
             let rec = inner
                 .records
@@ -610,7 +700,20 @@ mod memory {
             if let Some((p, _)) = &rec {
                 self.next = p + 1;
             }
-            Ok(rec.map(|(p, r)| (SpillPos::Mem(p), r)))
+            Ok(rec.map(|(p, bytes)| SpillRecord {
+                pos: SpillPos::Mem(p),
+                id: p,
+                bytes,
+            }))
+        }
+
+        fn quarantine(&mut self, record: &SpillRecord) -> Result<PathBuf, SpillError> {
+            let mut inner = self.inner.lock().unwrap();
+            if inner.fail_quarantine {
+                return Err("cannot write the quarantine file (simulated)".into());
+            }
+            inner.quarantined.push((record.id, record.bytes.clone()));
+            Ok(PathBuf::from(format!("mem:quarantine/{}.bin", record.id)))
         }
 
         fn commit(&mut self, upto: SpillPos) -> Result<(), SpillError> {
@@ -803,8 +906,8 @@ mod disk_tests {
     fn read_all(s: &DiskSpill) -> Vec<Vec<u8>> {
         let mut reader = s.reader().unwrap();
         let mut out = Vec::new();
-        while let Some((_, r)) = reader.next().unwrap() {
-            out.push(r);
+        while let Some(r) = reader.next().unwrap() {
+            out.push(r.bytes);
         }
         out
     }
@@ -856,7 +959,7 @@ mod disk_tests {
             acked.push(rec(i));
         }
         let mut reader = s.reader().unwrap();
-        assert_eq!(reader.next().unwrap().unwrap().1, rec(0));
+        assert_eq!(reader.next().unwrap().unwrap().bytes, rec(0));
         (env.fail)();
         spill(&s, b"doomed").await.unwrap_err();
         (env.heal)();

@@ -78,8 +78,10 @@ pub struct Stats {
     pub confirm_timeouts: u64,
     /// Connections (or Kafka recoveries) established.
     pub connections: u64,
-    /// Spill records that could not be decoded and were skipped (each one
-    /// is logged at error level; a non-zero value needs an operator).
+    /// Spill records this build could not decode, written to the
+    /// quarantine directory (`<spill dir>/quarantine/<record id>.bin`) and
+    /// then passed by the replay (each one is logged at error level with its
+    /// path; a non-zero value needs an operator).
     pub corrupt_records: u64,
 }
 
