@@ -511,8 +511,9 @@ fn detection_delay(trials: usize, background: &Arc<Keys>) -> (f64, f64) {
 }
 
 /// End-to-end delay of the distributed set-up: an instance's crossing read
-/// goes through its `KafkaReporter` (100 ms interval), the embedded Kafka
-/// cluster and a `KafkaSource` into the detector, whose event a task awaits.
+/// goes through its `KafkaReporter` (100 ms interval; the key is urgent, so
+/// its reads are sent early), the embedded Kafka cluster and a `KafkaSource`
+/// into the detector, whose event a task awaits.
 async fn distributed_delay(trials: usize) -> (f64, f64) {
     let kafka = EmbeddedKafka::start("hotkey-bench", 4).unwrap();
     let reporter = KafkaReporter::new(ReporterConfig {

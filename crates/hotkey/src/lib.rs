@@ -16,7 +16,10 @@
 //! * Sources: in-process (an instance calls [`Detector::record`]) or
 //!   distributed: each instance aggregates its reads in a [`KafkaReporter`]
 //!   that sends counts every 100 ms, and the detector consumes them with a
-//!   [`KafkaSource`] (feature `kafka`). [`EmbeddedKafka`] runs librdkafka's
+//!   [`KafkaSource`] (feature `kafka`). A key with `urgent_count` reads (100
+//!   by default) in an instance's interval is sent early instead, at most
+//!   one early send per `urgent_gap` (5 ms), so that a hot key does not
+//!   wait for the interval end ([`ReporterConfig`], `kafka` module docs). [`EmbeddedKafka`] runs librdkafka's
 //!   mock cluster in-process for tests, demos and single-host set-ups.
 //! * [`ZkPublisher`] writes the hot set under `<root>/<app>`, one znode per
 //!   key, coalesced to at most one transaction per 100 ms, with digest ACLs
