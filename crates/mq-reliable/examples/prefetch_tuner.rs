@@ -3,7 +3,7 @@
 //! ```text
 //! prefetch-tuner --amqp URL [--handler-ms MS] [--svg PATH]
 //!                [--prefetch 1,10,50,100,200,300,1000] [--messages N]
-//!                [--concurrency C] [--max-run-secs S]
+//!                [--concurrency prefetch|N] [--max-run-secs S]
 //! ```
 //!
 //! For each prefetch value it fills a fresh durable queue, consumes it with
@@ -11,13 +11,19 @@
 //! throughput and the peak number of unacknowledged messages. It prints a
 //! table, writes the curve as an SVG, and recommends the smallest prefetch
 //! within 5% of the best throughput.
+//!
+//! `--concurrency` is the number of handlers running at once. `prefetch`
+//! (the default) runs as many as each prefetch value allows, so the curve
+//! measures prefetch and handler parallelism together; a number N keeps N
+//! handlers (at most the prefetch) at every point, so the curve shows what
+//! the prefetch alone buys a consumer with that parallelism.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use mq_reliable::{TunerConfig, tune_prefetch};
+use mq_reliable::{HandlerConcurrency, TunerConfig, tune_prefetch};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,24 +46,44 @@ struct Args {
     /// Messages queued per run.
     #[arg(long, default_value_t = 20_000)]
     messages: usize,
-    /// Handlers running at once [default: as many as the prefetch allows].
-    #[arg(long)]
-    concurrency: Option<usize>,
+    /// Handlers running at once: `prefetch` (as many as each prefetch value
+    /// allows; the curve then measures both together) or a number N (N at
+    /// every point, at most the prefetch; the curve then shows prefetch alone).
+    #[arg(long, default_value = "prefetch", value_parser = parse_concurrency)]
+    concurrency: HandlerConcurrency,
     /// Longest run per prefetch value, in seconds.
     #[arg(long, default_value_t = 4.0)]
     max_run_secs: f64,
 }
 
+fn parse_concurrency(s: &str) -> Result<HandlerConcurrency, String> {
+    match s {
+        "prefetch" => Ok(HandlerConcurrency::EqualsPrefetch),
+        n => match n.parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!(
+                "`{s}`: expected `prefetch` or a positive number of handlers"
+            )),
+            Ok(n) => Ok(HandlerConcurrency::Fixed(n)),
+        },
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // Out-of-range durations are the tuner's to name (`TunerConfig::validate`);
+    // only what is no duration at all (negative, NaN, infinite) stops here.
+    let handler_latency = Duration::try_from_secs_f64(args.handler_ms / 1000.0)
+        .with_context(|| format!("--handler-ms {}: not a duration", args.handler_ms))?;
+    let max_run = Duration::try_from_secs_f64(args.max_run_secs)
+        .with_context(|| format!("--max-run-secs {}: not a duration", args.max_run_secs))?;
     let cfg = TunerConfig {
         url: args.amqp,
         prefetch_values: args.prefetch,
-        handler_latency: Duration::from_secs_f64(args.handler_ms.max(0.0) / 1000.0),
+        handler_latency,
         concurrency: args.concurrency,
         messages: args.messages,
-        max_run: Duration::from_secs_f64(args.max_run_secs.max(0.1)),
+        max_run,
         ..TunerConfig::default()
     };
     let report = tune_prefetch(&cfg).await.context("running the tuner")?;

@@ -34,8 +34,8 @@ use mq_reliable::lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
 };
 use mq_reliable::{
-    ExchangeType, Message, PublisherConfig, PublisherState, QueueSpec, Receipt, ReliabilityConfig,
-    ReliablePublisher, Topology, TunerConfig, tune_prefetch,
+    ExchangeType, HandlerConcurrency, Message, PublisherConfig, PublisherState, QueueSpec, Receipt,
+    ReliabilityConfig, ReliablePublisher, Topology, TunerConfig, tune_prefetch,
 };
 
 /// Queues (c) is spread over in its second row.
@@ -357,7 +357,7 @@ async fn main() -> Result<()> {
         url: url.clone(),
         prefetch_values: sizes.tuner_prefetch.clone(),
         handler_latency: Duration::ZERO,
-        concurrency: Some(1),
+        concurrency: HandlerConcurrency::Fixed(1),
         messages: sizes.tuner_messages,
         max_run: sizes.tuner_run,
         queue_prefix: format!("mqr-bench-tuner-{tag}"),

@@ -275,7 +275,7 @@ pub use rabbit::consumer::{
 pub use rabbit::publisher::{PublisherConfig, ReliablePublisher};
 #[cfg(feature = "rabbitmq")]
 pub use rabbit::tuner::{
-    TunerConfig, TunerReport, TunerRow, measure as measure_prefetch,
+    HandlerConcurrency, TunerConfig, TunerReport, TunerRow, measure as measure_prefetch,
     recommend as recommend_prefetch, tune_prefetch,
 };
 

@@ -7,6 +7,14 @@
 //! within a tolerance of the best throughput: beyond it, a larger prefetch
 //! only buys memory held in the consumer and messages stuck behind a slow
 //! one.
+//!
+//! What the curve measures depends on the handler concurrency, a separate
+//! parameter ([`HandlerConcurrency`]) reported with every table and curve:
+//! with [`HandlerConcurrency::EqualsPrefetch`] each point changes both the
+//! prefetch and the number of handlers running at once, so the curve is
+//! mostly the handlers' parallelism; with [`HandlerConcurrency::Fixed`] it
+//! shows the prefetch alone — how far ahead the broker must push to keep
+//! that many handlers busy.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -33,9 +41,9 @@ pub struct TunerConfig {
     pub prefetch_values: Vec<u16>,
     /// Time the handler spends per message (simulated work). Default 1 ms.
     pub handler_latency: Duration,
-    /// Handlers running at once; `None` runs as many as the prefetch
-    /// allows (an async handler doing I/O). Default `None`.
-    pub concurrency: Option<usize>,
+    /// Handlers running at once, for every prefetch value. Default
+    /// [`HandlerConcurrency::EqualsPrefetch`].
+    pub concurrency: HandlerConcurrency,
     /// Messages put in the queue before each run. Default 20 000.
     pub messages: usize,
     /// A run stops after this long even if messages remain. Default 4 s.
@@ -55,12 +63,51 @@ impl Default for TunerConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefetch_values: vec![1, 10, 50, 100, 200, 300, 1000],
             handler_latency: Duration::from_millis(1),
-            concurrency: None,
+            concurrency: HandlerConcurrency::EqualsPrefetch,
             messages: 20_000,
             max_run: Duration::from_secs(4),
             payload_size: 256,
             tolerance: 0.95,
             queue_prefix: "mq-reliable-tuner".into(),
+        }
+    }
+}
+
+/// How many handlers the tuner runs at once for a prefetch value: a
+/// parameter of its own, because it decides what the curve shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandlerConcurrency {
+    /// As many handlers as the prefetch lets the consumer hold: an async
+    /// handler doing I/O, which can run one task per delivery. Each point
+    /// of the curve then changes the prefetch *and* the parallelism
+    /// together; with a handler that waits (sleeps) `handler_latency`,
+    /// throughput grows about linearly with the number of handlers until the
+    /// broker is the limit, so the curve answers "how many messages should
+    /// this consumer have in flight", not "what does prefetch alone buy".
+    EqualsPrefetch,
+    /// This many handlers at every point (fewer where the prefetch is
+    /// smaller: the consumer cannot hold more deliveries than the prefetch).
+    /// The curve then shows the prefetch alone: how far ahead the broker
+    /// must push deliveries to keep these handlers busy across the network
+    /// round trip and the acks.
+    Fixed(usize),
+}
+
+impl HandlerConcurrency {
+    /// The handlers run at once for `prefetch`.
+    pub fn for_prefetch(self, prefetch: u16) -> usize {
+        match self {
+            HandlerConcurrency::EqualsPrefetch => usize::from(prefetch),
+            HandlerConcurrency::Fixed(n) => n.min(usize::from(prefetch)),
+        }
+    }
+}
+
+impl std::fmt::Display for HandlerConcurrency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandlerConcurrency::EqualsPrefetch => f.write_str("= prefetch"),
+            HandlerConcurrency::Fixed(n) => write!(f, "{n}"),
         }
     }
 }
@@ -89,7 +136,7 @@ impl TunerConfig {
     /// `prefetch_values`.
     fn validate_run(&self) -> Result<()> {
         parse_url(&self.url, Duration::from_secs(10))?;
-        if self.concurrency == Some(0) {
+        if self.concurrency == HandlerConcurrency::Fixed(0) {
             return Err(invalid("concurrency", self.concurrency, "must be positive"));
         }
         if self.messages == 0 {
@@ -138,7 +185,8 @@ impl TunerConfig {
 pub struct TunerRow {
     /// The prefetch.
     pub prefetch: u16,
-    /// Handlers run at once.
+    /// Handlers run at once for this prefetch
+    /// ([`HandlerConcurrency::for_prefetch`] of the configured value).
     pub concurrency: usize,
     /// Messages consumed and acknowledged.
     pub consumed: u64,
@@ -159,6 +207,8 @@ pub struct TunerReport {
     pub recommended: u16,
     /// The handler latency used.
     pub handler_latency: Duration,
+    /// The handler concurrency used (each row holds the number it gave).
+    pub concurrency: HandlerConcurrency,
     /// The tolerance used for the recommendation.
     pub tolerance: f64,
 }
@@ -175,6 +225,7 @@ pub async fn tune_prefetch(cfg: &TunerConfig) -> Result<TunerReport> {
         rows,
         recommended,
         handler_latency: cfg.handler_latency,
+        concurrency: cfg.concurrency,
         tolerance: cfg.tolerance,
     })
 }
@@ -182,8 +233,9 @@ pub async fn tune_prefetch(cfg: &TunerConfig) -> Result<TunerReport> {
 /// Consumer throughput and peak unacked for one prefetch value.
 ///
 /// `cfg.prefetch_values` is not used; every other field is checked as
-/// [`TunerConfig::validate`] does, and `prefetch` must be positive. A
-/// `cfg.concurrency` above `prefetch` runs `prefetch` handlers (no more
+/// [`TunerConfig::validate`] does, and `prefetch` must be positive. The
+/// handlers run at once are `cfg.concurrency.for_prefetch(prefetch)` (a
+/// fixed number above `prefetch` runs `prefetch` handlers: no more
 /// deliveries can be held at once); the row reports the number used.
 pub async fn measure(cfg: &TunerConfig, prefetch: u16) -> Result<TunerRow> {
     cfg.validate_run()?;
@@ -197,11 +249,8 @@ pub async fn measure(cfg: &TunerConfig, prefetch: u16) -> Result<TunerRow> {
     );
     let spec = QueueSpec::classic(&queue);
     fill(cfg, &spec).await?;
-    // Both are positive (checked above).
-    let concurrency = cfg
-        .concurrency
-        .unwrap_or(usize::from(prefetch))
-        .min(usize::from(prefetch));
+    // Positive: both are (checked above).
+    let concurrency = cfg.concurrency.for_prefetch(prefetch);
     let consumed = Arc::new(AtomicU64::new(0));
     let latency = cfg.handler_latency;
     let ccfg = ConsumerConfig {
@@ -337,6 +386,7 @@ impl TunerReport {
     /// The measurements as a text table.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(out, "{}", self.concurrency_note());
         let _ = writeln!(
             out,
             "{:>9} {:>11} {:>10} {:>8} {:>12} {:>13}",
@@ -356,12 +406,29 @@ impl TunerReport {
         }
         let _ = writeln!(
             out,
-            "recommended prefetch: {} (smallest within {:.0}% of the best throughput; handler {:?})",
+            "recommended prefetch: {} (smallest within {:.0}% of the best throughput; handler {:?}, \
+             handler concurrency {})",
             self.recommended,
             self.tolerance * 100.0,
-            self.handler_latency
+            self.handler_latency,
+            self.concurrency
         );
         out
+    }
+
+    /// One line saying what the curve measures, given the concurrency.
+    pub fn concurrency_note(&self) -> String {
+        match self.concurrency {
+            HandlerConcurrency::EqualsPrefetch => {
+                "handler concurrency = prefetch: each row changes \
+                 the prefetch and the handlers running at once together"
+                    .to_owned()
+            }
+            HandlerConcurrency::Fixed(n) => format!(
+                "handler concurrency fixed at {n} (at most the prefetch): the rows show the \
+                 prefetch alone"
+            ),
+        }
     }
 
     /// The throughput curve (and peak unacked) as a standalone SVG, prefetch
@@ -391,9 +458,10 @@ impl TunerReport {
         let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
         let _ = writeln!(
             s,
-            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">Consumer throughput by prefetch (handler {:?})</text>"#,
+            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">Consumer throughput by prefetch (handler {:?}, handler concurrency {})</text>"#,
             w / 2.0,
-            self.handler_latency
+            self.handler_latency,
+            self.concurrency
         );
         // Axes, grid and labels.
         for i in 0..=4 {
@@ -588,7 +656,7 @@ mod tests {
             (
                 "concurrency",
                 TunerConfig {
-                    concurrency: Some(0),
+                    concurrency: HandlerConcurrency::Fixed(0),
                     ..cfg.clone()
                 },
             ),
@@ -669,6 +737,7 @@ mod tests {
             rows: vec![row(1, 900.0), row(100, 10_000.0), row(1000, 9_000.0)],
             recommended: 100,
             handler_latency: Duration::from_millis(1),
+            concurrency: HandlerConcurrency::EqualsPrefetch,
             tolerance: 0.95,
         };
         let svg = report.svg();
@@ -678,7 +747,25 @@ mod tests {
         assert_eq!(svg.matches('<').count(), svg.matches('>').count());
         let table = report.table();
         assert!(table.contains("<- recommended"));
+        assert!(
+            table.starts_with("handler concurrency = prefetch"),
+            "{table}"
+        );
+        assert!(svg.contains("handler concurrency = prefetch"));
+        let fixed = TunerReport {
+            concurrency: HandlerConcurrency::Fixed(8),
+            ..report
+        };
+        assert!(fixed.table().starts_with("handler concurrency fixed at 8"));
+        assert!(fixed.svg().contains("handler concurrency 8"));
         assert!(table.lines().count() >= 4);
+    }
+
+    #[test]
+    fn handler_concurrency_is_at_most_the_prefetch() {
+        assert_eq!(HandlerConcurrency::EqualsPrefetch.for_prefetch(200), 200);
+        assert_eq!(HandlerConcurrency::Fixed(8).for_prefetch(200), 8);
+        assert_eq!(HandlerConcurrency::Fixed(8).for_prefetch(3), 3);
     }
 
     #[test]
