@@ -68,7 +68,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         if smoke {
             cmd.arg("--smoke");
         } else if example == "spill_bench" {
-            cmd.arg("--csv").arg(spill_csv());
+            let csv = spill_csv();
+            if let Some(dir) = csv.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            cmd.arg("--csv").arg(csv);
         }
         let output = cmd
             .stderr(Stdio::inherit())
