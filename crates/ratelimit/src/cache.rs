@@ -49,12 +49,14 @@ const TOO_LARGE_MEMO_TTL: Duration = Duration::from_secs(1);
 /// 3. **circuit breaker**: open → `Blank(CircuitOpen)` at once;
 /// 4. **per-instance read limit**, then for hot keys the **per-key
 ///    limit**: exhausted → `Blank(RateLimited | KeyRateLimited)`;
-/// 5. a **size-checked read**, bounded by **`call_timeout`**: a pipelined
-///    `GETRANGE key 0 probe` + `EXISTS key` answers small values and misses
-///    at the cost of a `GET`; anything longer goes to a Lua script that
-///    returns the value only if `STRLEN` is within the limit, atomically
-///    (see [`BigValueConfig::read_probe_bytes`](crate::BigValueConfig::read_probe_bytes)).
-///    No answer in time →
+/// 5. a **size-checked read**, bounded by **`call_timeout`**: a bounded
+///    `GETRANGE key 0 probe` answers small values at the cost of a `GET`;
+///    anything longer, and by default an empty reply (a miss or an empty
+///    string), goes to a Lua script that returns the value only if
+///    `STRLEN` is within the limit, atomically (see
+///    [`BigValueConfig::read_probe_bytes`](crate::BigValueConfig::read_probe_bytes)
+///    and [`ProbeMode`](crate::ProbeMode), which can settle misses in the
+///    probe's round trip instead). No answer in time →
 ///    `Blank(Timeout)`; a connection or server fault → `Blank(Unavailable)`.
 ///    Both count as failures for the breaker; calls that take at least
 ///    `breaker.slow_call_duration` count as slow.
@@ -500,9 +502,10 @@ where
             return Ok(Lookup::TooLarge { size, limit: max });
         }
         let probe = self.inner.cfg.big_values.read_probe_bytes;
+        let mode = self.inner.cfg.big_values.probe_mode;
         let read = self
             .remote("GET", key, hot, |mut conn| async move {
-                guard::read_string(&mut conn, key, max, probe).await
+                guard::read_string(&mut conn, key, max, probe, mode).await
             })
             .await?;
         let lookup = self.judge(key, read, "string")?;

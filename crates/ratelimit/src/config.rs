@@ -274,12 +274,52 @@ pub struct BigValueConfig {
     /// Collections with more elements are not transferred.
     pub max_elements: u64,
     /// String reads first fetch at most this many bytes with plain
-    /// commands (`GETRANGE` + `EXISTS`, about the cost of a `GET`); only a
-    /// longer value is measured and read by the atomic Lua script (~5 µs
-    /// of Redis CPU per call). So a read transfers at most
-    /// `read_probe_bytes + 1` bytes of a value above `max_bytes`. `0`
-    /// always uses the script: not one byte of such a value is sent.
+    /// commands (`GETRANGE key 0 read_probe_bytes`, about the cost of a
+    /// `GET`; see [`probe_mode`](Self::probe_mode)); only a longer value is
+    /// measured and read by the atomic Lua script (~5 µs of Redis CPU per
+    /// call). So a read transfers at most `read_probe_bytes + 1` bytes of a
+    /// value above `max_bytes`. `0` always uses the script: not one byte of
+    /// such a value is sent. Default 16 KiB.
     pub read_probe_bytes: u64,
+    /// What the probe sends, and so what a miss costs. Default
+    /// [`ProbeMode::HitFirst`]: one command per hit of a value within the
+    /// probe, two round trips per miss. Ignored with `read_probe_bytes = 0`.
+    pub probe_mode: ProbeMode,
+}
+
+/// How a string read probes before it falls back to the size-checked Lua
+/// script.
+///
+/// Both modes return the same answers, and each answer is true at some
+/// instant of the call (linearizable): a value within the probe comes from
+/// one `GETRANGE`, every other answer (a miss included) from either the
+/// probe's pipelined `EXISTS` or the atomic script — never from two
+/// separate, non-atomic reads. They differ in what a read costs:
+///
+/// | answer | `HitFirst` (default) | `Pipelined` |
+/// |---|---|---|
+/// | value within the probe (`Hit`) | `GETRANGE`: 1 round trip, 1 command | `GETRANGE` + `EXISTS`: 1 round trip, 2 commands |
+/// | missing key (`Miss`) | `GETRANGE`, then the script: 2 round trips | `GETRANGE` + `EXISTS`: 1 round trip |
+/// | empty string (`Hit` of nothing) | `GETRANGE`, then the script: 2 round trips | `GETRANGE` + `EXISTS`, then the script: 2 round trips |
+/// | longer than the probe (`Hit` or `TooLarge`) | `GETRANGE`, then the script: 2 round trips | `GETRANGE` + `EXISTS`, then the script: 2 round trips |
+///
+/// `HitFirst` makes the common case, a hit, cost what a `GET` costs. A miss
+/// then takes one more round trip, but a miss is followed by a load from
+/// the source of truth, far slower than a round trip to Redis. Choose
+/// `Pipelined` for miss-heavy workloads (mostly-absent keys, negative
+/// lookups), where the second round trip of every miss would dominate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ProbeMode {
+    /// Send only `GETRANGE key 0 probe`. A non-empty answer of at most
+    /// `probe` bytes is the whole value; anything else — an empty answer
+    /// (a missing key, or an empty string: `GETRANGE` cannot tell them
+    /// apart) or a longer one — is decided by the atomic script.
+    #[default]
+    HitFirst,
+    /// Send `GETRANGE key 0 probe` and `EXISTS key` pipelined, in one round
+    /// trip: an empty answer with `EXISTS = 0` is a miss without the
+    /// script. Costs Redis and the client a second command on every read.
+    Pipelined,
 }
 
 impl Default for BigValueConfig {
@@ -289,6 +329,7 @@ impl Default for BigValueConfig {
             warn_bytes: 256 * 1024,
             max_elements: 10_000,
             read_probe_bytes: 16 * 1024,
+            probe_mode: ProbeMode::HitFirst,
         }
     }
 }

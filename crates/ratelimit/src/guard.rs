@@ -2,20 +2,33 @@
 //!
 //! Strings are read in up to two steps:
 //!
-//! 1. **probe**: one pipelined round trip of plain commands,
-//!    `GETRANGE key 0 probe` and `EXISTS key`. `GETRANGE` never returns
-//!    more than `probe + 1` bytes, whatever the value's size, so this step
-//!    is bounded; it costs Redis about what a `GET` does. A non-empty reply
-//!    of at most `probe` bytes is the whole value; an empty reply with
-//!    `EXISTS = 0` is a miss. Both answers are true at some instant of the
-//!    call, so they are linearizable.
-//! 2. **script**, for everything else (a longer value, an empty string, a
-//!    key of another type) or when the probe is off (`probe = 0`): a Lua
-//!    script that measures the value (`STRLEN`) and returns it only if it
-//!    is small enough. A script runs atomically, so no writer can grow the
-//!    value between the measure and the read: a value above the limit is
-//!    never put on the wire. It costs Redis ~5 µs of CPU against ~0.2 µs
-//!    for the probe's commands, hence the probe first.
+//! 1. **probe**: plain commands, bounded. `GETRANGE key 0 probe` never
+//!    returns more than `probe + 1` bytes, whatever the value's size, and
+//!    costs Redis about what a `GET` does. A non-empty reply of at most
+//!    `probe` bytes is the whole value. What else the probe can settle
+//!    depends on the [`ProbeMode`]:
+//!    * `HitFirst` (the default) sends `GETRANGE` alone: one command, one
+//!      round trip for a hit. An empty reply is ambiguous (a missing key
+//!      and an empty string both give one), so it goes to the script,
+//!      which tells them apart atomically; a miss costs two round trips.
+//!      It is never resolved with a separate `EXISTS`: the key could be
+//!      written between the two commands, and the pair would then report
+//!      an empty value that never existed.
+//!    * `Pipelined` sends `GETRANGE` and `EXISTS key` in one pipelined
+//!      round trip: an empty reply with `EXISTS = 0` is a miss at the
+//!      instant of the `EXISTS`, so misses cost one round trip, and every
+//!      read a second command.
+//!
+//!    Each answer is true at some instant of the call, so reads are
+//!    linearizable in both modes.
+//! 2. **script**, for everything else (a longer value, an empty reply the
+//!    probe cannot settle, a key of another type) or when the probe is off
+//!    (`probe = 0`): a Lua script that measures the value (`STRLEN`; for
+//!    `0`, `EXISTS` tells a missing key from an empty string) and returns
+//!    it only if it is small enough. A script runs atomically, so no writer
+//!    can grow the value between the measure and the read: a value above
+//!    the limit is never put on the wire. It costs Redis ~5 µs of CPU
+//!    against ~0.2 µs for the probe's commands, hence the probe first.
 //!
 //! So a read transfers at most `probe + 1` bytes of a value above the
 //! limit (none with `probe = 0`), and a value at most the limit in full.
@@ -26,6 +39,7 @@ use bytes::Bytes;
 use redis::aio::ConnectionLike;
 use redis::{RedisError, Script, Value};
 
+use crate::config::ProbeMode;
 use crate::outcome::{ValueKind, ValueSize};
 
 /// `{0}` missing, `{1, value}` found, `{2, strlen}` too large,
@@ -115,25 +129,31 @@ pub(crate) async fn read_string<C: ConnectionLike>(
     key: &[u8],
     max_bytes: u64,
     probe: u64,
+    mode: ProbeMode,
 ) -> Result<Guarded<Bytes>, ReadError> {
     if probe > 0 {
-        let mut pipe = redis::pipe();
-        pipe.cmd("GETRANGE")
-            .arg(key)
-            .arg(0)
-            .arg(probe)
-            .cmd("EXISTS")
-            .arg(key);
-        match pipe.query_async::<(Value, i64)>(conn).await {
+        let mut getrange = redis::cmd("GETRANGE");
+        getrange.arg(key).arg(0).arg(probe);
+        let answer = match mode {
+            ProbeMode::HitFirst => getrange
+                .query_async::<Value>(conn)
+                .await
+                .map(|range| (range, None)),
+            ProbeMode::Pipelined => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(getrange).cmd("EXISTS").arg(key);
+                pipe.query_async::<(Value, i64)>(conn)
+                    .await
+                    .map(|(range, exists)| (range, Some(exists)))
+            }
+        };
+        match answer {
             Ok((Value::BulkString(b), exists)) => {
-                if !b.is_empty() && b.len() as u64 <= probe {
-                    return Ok(Guarded::Value(Bytes::from(b)));
+                if let Some(settled) = settle_probe(b, exists, probe) {
+                    return Ok(settled);
                 }
-                if b.is_empty() && exists == 0 {
-                    return Ok(Guarded::Missing);
-                }
-                // Longer than the probe, or an empty string: the script
-                // decides atomically.
+                // Longer than the probe, or an empty reply the probe
+                // cannot settle: the script decides atomically.
             }
             Ok((other, _)) => {
                 return Err(ReadError::Protocol(format!(
@@ -198,6 +218,18 @@ pub(crate) async fn size<C: ConnectionLike>(
         bytes: u64::try_from(bytes).unwrap_or(0),
         elements: u64::try_from(elements).ok(),
     }))
+}
+
+/// What a probe's reply settles: `range` is `GETRANGE key 0 probe`,
+/// `exists` the pipelined `EXISTS key` (`None` when it was not sent).
+/// `None`: only the script can tell.
+fn settle_probe(range: Vec<u8>, exists: Option<i64>, probe: u64) -> Option<Guarded<Bytes>> {
+    if range.is_empty() {
+        // A missing key, or an empty string: only `EXISTS` in the same
+        // round trip (or the script) may tell which.
+        return (exists == Some(0)).then_some(Guarded::Missing);
+    }
+    (range.len() as u64 <= probe).then(|| Guarded::Value(Bytes::from(range)))
 }
 
 fn parse_guarded<V>(
@@ -330,6 +362,25 @@ mod tests {
             s(Value::Array(vec![Value::Int(4), Value::Int(5)])).unwrap(),
             Guarded::TooManyElements(5)
         );
+    }
+
+    #[test]
+    fn a_probe_settles_only_what_it_knows() {
+        let v = |s: &str| s.as_bytes().to_vec();
+        for exists in [None, Some(1)] {
+            assert_eq!(
+                settle_probe(v("abc"), exists, 3),
+                Some(Guarded::Value(Bytes::from("abc")))
+            );
+            // Longer than the probe: the value may be far longer.
+            assert_eq!(settle_probe(v("abcd"), exists, 3), None);
+        }
+        // HitFirst: an empty reply is a missing key or an empty string.
+        assert_eq!(settle_probe(Vec::new(), None, 3), None);
+        // Pipelined: EXISTS in the same round trip tells them apart; an
+        // empty string still goes to the script.
+        assert_eq!(settle_probe(Vec::new(), Some(0), 3), Some(Guarded::Missing));
+        assert_eq!(settle_probe(Vec::new(), Some(1), 3), None);
     }
 
     #[test]

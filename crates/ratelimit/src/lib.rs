@@ -18,7 +18,7 @@
 //! | circuit breaker | [`CircuitBreaker`]: Closed → Open on error ratio, slow-call ratio or error count over a sliding count/time window with a minimum number of calls; Open → Half-open after a delay; exactly N probes; while open, reads are `Blank(CircuitOpen)` at once | 10 s window, ≥ 20 calls, 50 % errors or 80 % slower than 100 ms, open 5 s, 3 probes |
 //! | timeouts | every Redis call; a read that exceeds it is `Blank(Timeout)`, a write is [`Error::Timeout`] | 250 ms |
 //! | miss storms | `get_or_load`: one loader run per key (single flight), the others wait for its result; at most N loads at once; optional negative caching | 64 loads, 2 s timeout, no negative cache |
-//! | big values | writes above the limit refused with [`Error::ValueTooLarge`] before sending; reads fetch at most a bounded probe (`GETRANGE 0..probe`, as cheap as `GET`) and leave longer values to a Lua script that checks `STRLEN` (hashes: `HLEN` and `MEMORY USAGE`) and returns the value only if small enough, atomically → `TooLarge`; a warning above a soft limit | 1 MiB, 16 KiB probe, warn at 256 KiB |
+//! | big values | writes above the limit refused with [`Error::ValueTooLarge`] before sending; reads fetch at most a bounded probe (`GETRANGE 0..probe`, as cheap as `GET`) and leave longer values to a Lua script that checks `STRLEN` (hashes: `HLEN` and `MEMORY USAGE`) and returns the value only if small enough, atomically → `TooLarge`; [`ProbeMode`]: `HitFirst` sends `GETRANGE` alone (a hit is one command; an empty reply — a miss or an empty string — goes to the script, so a miss takes two round trips), `Pipelined` adds `EXISTS` to every probe (misses in one round trip, for miss-heavy workloads); a warning above a soft limit | 1 MiB, 16 KiB probe, `HitFirst`, warn at 256 KiB |
 //!
 //! Time is injected: limits, breaker and local-cache freshness all read a
 //! governor [`Clock`](governor::clock::Clock), so one
@@ -72,8 +72,9 @@
 //! * Redis receives at most `burst + rate × t` reads from one instance in
 //!   any interval `t` (the per-instance limit), and at most that of the
 //!   per-key rate for one hot key; a read is one permit (the probe, plus the
-//!   script for a value longer than the probe); local hits and blanks send
-//!   nothing.
+//!   script for a value longer than the probe, and with the default
+//!   [`ProbeMode::HitFirst`] for a miss or an empty string); local hits and
+//!   blanks send nothing.
 //! * In half-open, at most `half_open_permits` probes are outstanding, and
 //!   exactly that many results decide (a cancelled probe returns its
 //!   permit).
@@ -81,6 +82,10 @@
 //!   read transfers at most `big_values.read_probe_bytes + 1` bytes of it
 //!   (none at all with `read_probe_bytes = 0`, which costs Redis a Lua
 //!   call per read); its verdict is then remembered for the local TTL.
+//!   In either [`ProbeMode`], a read's answer (hit, miss or too large) held
+//!   at some instant of the call: a miss or an empty string is reported
+//!   only when one atomic step saw it (the script, or with `Pipelined` the
+//!   probe's own `EXISTS`).
 //! * The per-key limiter never tracks more than `max_tracked_keys` keys, and
 //!   the local cache never holds more than `local.max_bytes` bytes as it
 //!   counts them (key + value + 160 bytes per entry; a write briefly copies
@@ -115,7 +120,8 @@ pub use breaker::{
 };
 pub use cache::{Builder, ProtectedCache};
 pub use config::{
-    BigValueConfig, BreakerConfig, Config, LoaderConfig, LocalConfig, Rate, Topology, Window,
+    BigValueConfig, BreakerConfig, Config, LoaderConfig, LocalConfig, ProbeMode, Rate, Topology,
+    Window,
 };
 pub use error::{Error, Result};
 pub use hot::{HotKeys, NoHotKeys};

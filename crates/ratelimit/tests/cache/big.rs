@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use governor::clock::FakeRelativeClock;
 use ratelimit::metrics::BIG_VALUES;
-use ratelimit::{BigValueConfig, Error, Lookup, ProtectedCache, ValueKind};
+use ratelimit::{BigValueConfig, Error, Lookup, ProbeMode, ProtectedCache, ValueKind};
 use testkit::TestRecorder;
 
 use crate::support::{PrivateRedis, admin, shared_redis, test_config, unique_key, unique_name};
@@ -107,16 +107,20 @@ async fn a_64_mib_value_is_refused_without_being_read() {
 /// A writer keeps flipping a key between a small value and an 8 MiB one
 /// while readers read it. The probe is bounded and the size check and the
 /// read of the script are one atomic step, so no read ever carries the big
-/// value: with the probe on, a read sends at most `probe + 1` bytes of it;
-/// with the probe off, none.
+/// value: with the probe on (in either mode), a read sends at most
+/// `probe + 1` bytes of it; with the probe off, none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_racing_writer_cannot_make_a_read_pull_a_big_value() {
-    for probe in [1024, 0] {
-        racing_writer(probe).await;
+    for (probe, mode) in [
+        (1024, ProbeMode::HitFirst),
+        (1024, ProbeMode::Pipelined),
+        (0, ProbeMode::HitFirst),
+    ] {
+        racing_writer(probe, mode).await;
     }
 }
 
-async fn racing_writer(probe: u64) {
+async fn racing_writer(probe: u64, mode: ProbeMode) {
     let server = PrivateRedis::start();
     let url = server.url();
     let key = unique_key("bigrace");
@@ -128,6 +132,7 @@ async fn racing_writer(probe: u64) {
         warn_bytes: 2048,
         max_elements: 100,
         read_probe_bytes: probe,
+        probe_mode: mode,
     };
     let cache = ProtectedCache::builder(cfg)
         .clock(clock.clone())
@@ -194,7 +199,7 @@ async fn racing_writer(probe: u64) {
     let bound = reads * (probe + 128) + u64::from(flips) * 16 + 64 * 1024;
     assert!(
         sent < bound,
-        "probe {probe}: {sent} bytes left the server, bound {bound}"
+        "probe {probe} {mode:?}: {sent} bytes left the server, bound {bound}"
     );
 }
 
@@ -287,6 +292,7 @@ async fn values_above_the_soft_limit_are_served_and_counted_as_warned() {
         warn_bytes: 4 * KIB as u64,
         max_elements: 100,
         read_probe_bytes: 16 * KIB as u64,
+        probe_mode: ProbeMode::default(),
     };
     let recorder = TestRecorder::new();
     let guard = recorder.guard();
@@ -344,6 +350,7 @@ async fn a_too_large_verdict_is_remembered_for_the_local_ttl_then_asked_again() 
         warn_bytes: 2048,
         max_elements: 100,
         read_probe_bytes: 1024,
+        probe_mode: ProbeMode::default(),
     };
     let cache = ProtectedCache::builder(cfg)
         .clock(clock.clone())
@@ -366,4 +373,208 @@ async fn a_too_large_verdict_is_remembered_for_the_local_ttl_then_asked_again() 
         assert_eq!(probes() - before, 1, "round {round}");
         clock.advance(ttl);
     }
+}
+
+/// The probe's size limits in these tests: a 64-byte probe, a 4 KiB limit.
+fn probe_config(name: &str, url: &str, mode: ProbeMode) -> ratelimit::Config {
+    let mut cfg = test_config(name, url);
+    cfg.local = None;
+    cfg.big_values = BigValueConfig {
+        max_bytes: 4096,
+        warn_bytes: 4096,
+        max_elements: 100,
+        read_probe_bytes: 64,
+        probe_mode: mode,
+    };
+    cfg
+}
+
+/// Both probe modes give every kind of string the same answer: the mode
+/// changes what a read costs, never what it returns.
+#[tokio::test]
+async fn both_probe_modes_answer_every_kind_of_string_alike() {
+    let server = PrivateRedis::start();
+    let url = server.url();
+    let mut con = admin(&url);
+    for mode in [ProbeMode::HitFirst, ProbeMode::Pipelined] {
+        let cache = ProtectedCache::connect(probe_config(&unique_name("modes"), &url, mode))
+            .await
+            .unwrap();
+        let set = |con: &mut redis::Connection, key: &str, value: &[u8]| {
+            let _: () = redis::cmd("SET").arg(key).arg(value).query(con).unwrap();
+        };
+        let small = unique_key("modes-small");
+        set(&mut con, &small, b"small");
+        assert_eq!(
+            cache.get(&small).await.unwrap(),
+            Lookup::Hit("small".into()),
+            "{mode:?}"
+        );
+
+        assert_eq!(
+            cache.get(unique_key("modes-missing")).await.unwrap(),
+            Lookup::Miss,
+            "{mode:?}"
+        );
+
+        let empty = unique_key("modes-empty");
+        set(&mut con, &empty, b"");
+        assert_eq!(
+            cache.get(&empty).await.unwrap(),
+            Lookup::Hit(Default::default()),
+            "{mode:?}"
+        );
+
+        // Exactly the probe is still within it; one byte more is not.
+        for len in [64, 65, 1000, 4096] {
+            let key = unique_key("modes-long");
+            let value = vec![b'l'; len];
+            set(&mut con, &key, &value);
+            assert_eq!(
+                cache.get(&key).await.unwrap(),
+                Lookup::Hit(value.into()),
+                "{mode:?}, {len} bytes"
+            );
+        }
+
+        let over = unique_key("modes-over");
+        set(&mut con, &over, &[b'o'; 4097]);
+        assert_eq!(
+            cache.get(&over).await.unwrap(),
+            Lookup::TooLarge {
+                size: 4097,
+                limit: 4096
+            },
+            "{mode:?}"
+        );
+    }
+}
+
+/// Commands the server ran, by name, as `INFO commandstats` counts them
+/// (commands a script runs are counted too).
+#[derive(Debug, PartialEq, Eq)]
+struct Sent {
+    getrange: u64,
+    exists: u64,
+    evalsha: u64,
+    eval: u64,
+    get: u64,
+}
+
+impl Sent {
+    fn now(server: &PrivateRedis) -> Sent {
+        let [getrange, exists, evalsha, eval, get] =
+            ["getrange", "exists", "evalsha", "eval", "get"].map(|c| server.command_calls(c));
+        Sent {
+            getrange,
+            exists,
+            evalsha,
+            eval,
+            get,
+        }
+    }
+
+    fn since(server: &PrivateRedis, before: &Sent) -> Sent {
+        let now = Sent::now(server);
+        Sent {
+            getrange: now.getrange - before.getrange,
+            exists: now.exists - before.exists,
+            evalsha: now.evalsha - before.evalsha,
+            eval: now.eval - before.eval,
+            get: now.get - before.get,
+        }
+    }
+
+    const fn of(getrange: u64, exists: u64, evalsha: u64) -> Sent {
+        Sent {
+            getrange,
+            exists,
+            evalsha,
+            eval: 0,
+            get: 0,
+        }
+    }
+}
+
+/// With the default `HitFirst`, a small hit costs Redis exactly one
+/// command, `GETRANGE`; a miss is `GETRANGE`, then the script (whose own
+/// `EXISTS` runs inside it, atomically). `Pipelined` sends `GETRANGE` +
+/// `EXISTS` for both, and no script.
+#[tokio::test]
+async fn hit_first_sends_one_command_per_small_hit_and_the_script_per_miss() {
+    assert_eq!(BigValueConfig::default().probe_mode, ProbeMode::HitFirst);
+    let server = PrivateRedis::start();
+    let url = server.url();
+    let small = unique_key("sent-small");
+    let _: () = redis::cmd("SET")
+        .arg(&small)
+        .arg("small")
+        .query(&mut admin(&url))
+        .unwrap();
+
+    let hit_first = ProtectedCache::connect(probe_config(
+        &unique_name("sent"),
+        &url,
+        ProbeMode::HitFirst,
+    ))
+    .await
+    .unwrap();
+    // Load the script, so that the counts below are of calls only (the
+    // first EVALSHA of a script Redis does not hold fails with NOSCRIPT).
+    assert_eq!(
+        hit_first.get(unique_key("sent-warm")).await.unwrap(),
+        Lookup::Miss
+    );
+
+    let before = Sent::now(&server);
+    assert_eq!(
+        hit_first.get(&small).await.unwrap(),
+        Lookup::Hit("small".into())
+    );
+    assert_eq!(
+        Sent::since(&server, &before),
+        Sent::of(1, 0, 0),
+        "HitFirst hit"
+    );
+
+    let before = Sent::now(&server);
+    assert_eq!(
+        hit_first.get(unique_key("sent-missing")).await.unwrap(),
+        Lookup::Miss
+    );
+    // The one `EXISTS` is the script's, inside the atomic step.
+    assert_eq!(
+        Sent::since(&server, &before),
+        Sent::of(1, 1, 1),
+        "HitFirst miss"
+    );
+
+    let pipelined = ProtectedCache::connect(probe_config(
+        &unique_name("sent"),
+        &url,
+        ProbeMode::Pipelined,
+    ))
+    .await
+    .unwrap();
+    let before = Sent::now(&server);
+    assert_eq!(
+        pipelined.get(&small).await.unwrap(),
+        Lookup::Hit("small".into())
+    );
+    assert_eq!(
+        Sent::since(&server, &before),
+        Sent::of(1, 1, 0),
+        "Pipelined hit"
+    );
+
+    let before = Sent::now(&server);
+    assert_eq!(
+        pipelined.get(unique_key("sent-missing")).await.unwrap(),
+        Lookup::Miss
+    );
+    assert_eq!(
+        Sent::since(&server, &before),
+        Sent::of(1, 1, 0),
+        "Pipelined miss"
+    );
 }
