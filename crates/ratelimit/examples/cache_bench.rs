@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use governor::{Quota, RateLimiter};
 use ratelimit::{
-    BreakerConfig, CircuitBreaker, Config, KeyedLimiter, Lookup, ProtectedCache, Rate,
+    BreakerConfig, CircuitBreaker, Config, KeyedLimiter, Lookup, ProbeMode, ProtectedCache, Rate,
 };
 
 const USAGE: &str = "\
@@ -139,17 +139,26 @@ fn main() -> Result<()> {
         "sequential, median of rounds".into(),
     ));
     rows.push((
-        "client CPU per call: GET / probe / script / ProtectedCache::get".into(),
+        "client CPU per call: GET / GETRANGE / GETRANGE+EXISTS / script / ProtectedCache::get"
+            .into(),
         format!(
-            "{:.1} / {:.1} / {:.1} / {:.1} us",
-            redis.cpu_us[0], redis.cpu_us[2], redis.cpu_us[1], redis.cpu_us[3]
+            "{:.1} / {:.1} / {:.1} / {:.1} / {:.1} us",
+            redis.cpu_us[0], redis.cpu_us[2], redis.cpu_us[3], redis.cpu_us[1], redis.cpu_us[4]
         ),
         "all client threads, incl. tokio's idle spinning".into(),
     ));
     rows.push((
-        "raw pipelined GETRANGE 0..probe + EXISTS".into(),
+        "raw GETRANGE 0..probe".into(),
         format!("{:.1} us", redis.raw_probe_us),
-        "what get sends for a small value".into(),
+        format!(
+            "what get sends for a small value ({:?}, the default)",
+            ProbeMode::default()
+        ),
+    ));
+    rows.push((
+        "raw pipelined GETRANGE 0..probe + EXISTS".into(),
+        format!("{:.1} us", redis.raw_pipelined_us),
+        "what get sends with ProbeMode::Pipelined".into(),
     ));
     rows.push((
         "raw EVALSHA of the size-checked read script".into(),
@@ -291,15 +300,23 @@ fn extra_costs(plan: &Plan) -> Result<(f64, f64)> {
 struct RedisNumbers {
     raw_get_us: f64,
     raw_script_us: f64,
+    /// `GETRANGE` alone: what the default `HitFirst` probe sends.
     raw_probe_us: f64,
+    /// `GETRANGE` + `EXISTS` pipelined: what `Pipelined` sends.
+    raw_pipelined_us: f64,
     cache_get_us: f64,
-    /// Client CPU (all threads) per call: raw GET, script, probe, ours.
-    cpu_us: [f64; 4],
+    /// Client CPU (all threads) per call: raw GET, script, `GETRANGE`,
+    /// `GETRANGE` + `EXISTS`, ours.
+    cpu_us: [f64; WAYS],
     overhead_pct: f64,
     local_hits_rps: f64,
     local_hit_ns: f64,
     raw_get_rps: f64,
 }
+
+/// Ways of reading the cold key, measured side by side: raw `GET`, raw
+/// script, raw `GETRANGE`, raw `GETRANGE` + `EXISTS`, `ProtectedCache::get`.
+const WAYS: usize = 5;
 
 fn pct(ours: f64, base: f64) -> f64 {
     (ours - base) / base * 100.0
@@ -352,19 +369,23 @@ async fn redis_part(args: &Args, plan: &Plan, threads: usize) -> Result<RedisNum
         let _ = cache.get(&cold).await?;
     }
 
-    // The four ways of reading the cold key are interleaved in chunks of
-    // CHUNK calls, in a rotating order, so that drift on a shared machine
-    // hits them alike. Each round yields one mean per way; the overhead is
-    // the median over rounds of each round's own ratio.
+    // The ways of reading the cold key are interleaved in chunks of CHUNK
+    // calls, in a rotating order, so that drift on a shared machine hits
+    // them alike. Each round yields one mean per way; the overhead is the
+    // median over rounds of each round's own ratio.
     const CHUNK: usize = 50;
     let probe = cache.config().big_values.read_probe_bytes;
-    let mut per_round: Vec<[f64; 4]> = Vec::new();
-    let mut cpu = [0u64; 4];
+    // The raw "probe" column sends what `get` sends for a small value.
+    if cache.config().big_values.probe_mode != ProbeMode::HitFirst {
+        bail!("the raw probe column assumes the default ProbeMode::HitFirst");
+    }
+    let mut per_round: Vec<[f64; WAYS]> = Vec::new();
+    let mut cpu = [0u64; WAYS];
     for round in 0..plan.rounds {
-        let mut spent = [Duration::ZERO; 4];
+        let mut spent = [Duration::ZERO; WAYS];
         for chunk in 0..plan.gets_per_round / CHUNK {
-            for i in 0..4 {
-                let way = (i + chunk + round) % 4;
+            for i in 0..WAYS {
+                let way = (i + chunk + round) % WAYS;
                 let cpu_before = cpu_ns();
                 let started = Instant::now();
                 for _ in 0..CHUNK {
@@ -380,6 +401,15 @@ async fn redis_part(args: &Args, plan: &Plan, threads: usize) -> Result<RedisNum
                             black_box(v);
                         }
                         2 => {
+                            let v: Vec<u8> = redis::cmd("GETRANGE")
+                                .arg(&cold)
+                                .arg(0)
+                                .arg(probe)
+                                .query_async(&mut raw)
+                                .await?;
+                            black_box(v);
+                        }
+                        3 => {
                             let v: (Vec<u8>, i64) = redis::pipe()
                                 .cmd("GETRANGE")
                                 .arg(&cold)
@@ -407,12 +437,13 @@ async fn redis_part(args: &Args, plan: &Plan, threads: usize) -> Result<RedisNum
         per_round.push(spent.map(|d| d.as_secs_f64() * 1e6 / calls));
     }
     let column = |i: usize| per_round.iter().map(|r| r[i]).collect::<Vec<f64>>();
-    let overhead_pct = median(per_round.iter().map(|r| pct(r[3], r[0])).collect());
-    let (raw_get_us, raw_script_us, raw_probe_us, cache_get_us) = (
+    let overhead_pct = median(per_round.iter().map(|r| pct(r[4], r[0])).collect());
+    let (raw_get_us, raw_script_us, raw_probe_us, raw_pipelined_us, cache_get_us) = (
         median(column(0)),
         median(column(1)),
         median(column(2)),
         median(column(3)),
+        median(column(4)),
     );
     let calls = (plan.rounds * (plan.gets_per_round / CHUNK * CHUNK)) as f64;
     let cpu_us = cpu.map(|ns| ns as f64 / 1e3 / calls);
@@ -467,6 +498,7 @@ async fn redis_part(args: &Args, plan: &Plan, threads: usize) -> Result<RedisNum
         raw_get_us,
         raw_script_us,
         raw_probe_us,
+        raw_pipelined_us,
         cache_get_us,
         cpu_us,
         overhead_pct,
