@@ -393,6 +393,10 @@ where
             Arc::new(move |inc| h(inc).boxed())
         };
         let mut backoff = Backoff::new(self.cfg.backoff.clone());
+        // One semaphore for the consumer's whole life, not one per session:
+        // handlers of a failed session may still be running when the next
+        // session starts, and together they must stay within `concurrency`.
+        let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
         loop {
             let stop_requested = *stop.borrow();
             if stop_requested {
@@ -413,7 +417,7 @@ where
             self.counters.connections.fetch_add(1, Ordering::Relaxed);
             info!(queue = %self.cfg.queue.name, prefetch = self.cfg.prefetch, "consuming");
             match self
-                .consume(session, &handler, &mut stop, &mut backoff)
+                .consume(session, &handler, &permits, &mut stop, &mut backoff)
                 .await
             {
                 Ok(true) => return Ok(()),
@@ -469,10 +473,10 @@ where
         &self,
         (conn, channel, mut consumer): (Connection, Channel, lapin::Consumer),
         handler: &BoxHandler,
+        permits: &Arc<Semaphore>,
         stop: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
     ) -> Result<bool> {
-        let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
         let session = self.counters.new_session();
         // Deliveries taken from the stream and waiting for a handler slot,
         // in delivery order. Taking them at once keeps the unacked count
@@ -483,7 +487,7 @@ where
             tokio::select! {
                 biased;
                 () = stopped(stop) => break true,
-                permit = Arc::clone(&permits).acquire_owned(), if !backlog.is_empty() => {
+                permit = Arc::clone(permits).acquire_owned(), if !backlog.is_empty() => {
                     let (Ok(permit), Some(delivery)) = (permit, backlog.pop_front()) else {
                         break false;
                     };

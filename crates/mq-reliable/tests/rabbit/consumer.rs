@@ -120,6 +120,64 @@ async fn the_prefetch_holds_after_a_reconnect() {
     assert!(stats.peak_unacked <= 20, "{stats:?}");
 }
 
+/// Handlers of a session whose connection died still run while the next
+/// session starts: together they stay within `concurrency`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_concurrency_holds_across_a_reconnect() {
+    let url = url();
+    let mut cleanup = Cleanup::new(&url);
+    let queue = cleanup.queue(&unique("concurrency-reconnect"));
+    let spec = QueueSpec::classic(&queue);
+    fill(&url, &spec, "c", 200).await;
+    let proxy = proxy();
+    let cfg = mq_reliable::ConsumerConfig {
+        concurrency: 4,
+        ..consumer_cfg(&via(&url, proxy.addr()), spec, 4)
+    };
+    let (running, peak, handled) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let (r, p, h) = (
+        Arc::clone(&running),
+        Arc::clone(&peak),
+        Arc::clone(&handled),
+    );
+    let consumer = ReliableConsumer::start(cfg, move |_| {
+        let (r, p, h) = (Arc::clone(&r), Arc::clone(&p), Arc::clone(&h));
+        async move {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            // Long enough that the next session starts while it runs.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            r.fetch_sub(1, Ordering::SeqCst);
+            h.fetch_add(1, Ordering::SeqCst);
+            Outcome::Ack
+        }
+    })
+    .unwrap();
+    eventually(Duration::from_secs(60), "4 handlers running", || {
+        running.load(Ordering::SeqCst) == 4
+    })
+    .await;
+    proxy.cut();
+    let at_cut = handled.load(Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(60),
+        "12 more handled after the reconnect",
+        || handled.load(Ordering::SeqCst) >= at_cut + 12,
+    )
+    .await;
+    let stats = consumer.shutdown().await.unwrap();
+    assert!(stats.connections >= 2, "{stats:?}");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        4,
+        "handlers at once, across sessions"
+    );
+}
+
 /// A consumer whose connection dies mid-handler never acked: the broker
 /// redelivers the message (flagged redelivered) and it is processed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
