@@ -212,10 +212,9 @@ fn stop(service: Service, quiet: bool) -> Result<()> {
     let dir = service_dir(service);
     match service {
         Service::Redis => kill_pidfile(&dir.join("redis.pid"), "redis-server"),
-        Service::ZooKeeper => kill_pidfile(
-            &dir.join("zookeeper.pid"),
-            "org.apache.zookeeper.server.quorum.QuorumPeerMain",
-        ),
+        Service::ZooKeeper => {
+            kill_pidfile(&dir.join("zookeeper.pid"), testkit::ZOOKEEPER_MAIN_CLASS)
+        }
         Service::RabbitMq => {
             let port: u16 = fs::read_to_string(marker(service))?.trim().parse()?;
             let dir = fs::canonicalize(&dir)?;

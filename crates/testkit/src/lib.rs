@@ -44,4 +44,6 @@ pub use crate::metrics::TestRecorder;
 pub use error::{ProbeError, Result};
 pub use proxy::{FaultProxy, Mode};
 pub use services::{Service, require};
-pub use zookeeper::{Ensemble, EnsembleMember, ZOOKEEPER_JAR, ZooKeeperServer};
+pub use zookeeper::{
+    Ensemble, EnsembleMember, ZOOKEEPER_JAR, ZOOKEEPER_MAIN_CLASS, ZooKeeperServer,
+};

@@ -15,6 +15,11 @@ use std::process::Command;
 /// The jar installed by Debian's `zookeeper` package.
 pub const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
 
+/// The main class [`ZooKeeperServer::command`] runs; a stopper that finds a
+/// ZooKeeper JVM by its command line matches this string, so both name it
+/// from here.
+pub const ZOOKEEPER_MAIN_CLASS: &str = "org.apache.zookeeper.server.quorum.QuorumPeerMain";
+
 /// One ZooKeeper server's configuration, written to `<dir>/conf/zoo.cfg`.
 #[derive(Debug, Clone)]
 pub struct ZooKeeperServer {
@@ -112,7 +117,7 @@ impl ZooKeeperServer {
             .arg("-Dzookeeper.log.dir=".to_owned() + &self.dir.display().to_string())
             .arg("-cp")
             .arg(format!("{}:{ZOOKEEPER_JAR}", conf.display()))
-            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+            .arg(ZOOKEEPER_MAIN_CLASS)
             .arg(zoo_cfg);
         Ok(cmd)
     }
