@@ -73,12 +73,42 @@ fn decided_by_label(by: DecidedBy) -> &'static str {
     }
 }
 
+/// Every [`DecidedBy`], each at its [`index`](DecidedBy::index).
+const DECIDED_BY: [DecidedBy; 3] = [
+    DecidedBy::Quorum,
+    DecidedBy::InElection,
+    DecidedBy::OutOfElection,
+];
+
+impl DecidedBy {
+    /// The rule's position in [`DECIDED_BY`], which indexes the
+    /// [`LEADER_ELECTED`] counters. The match is exhaustive: a new variant
+    /// does not compile until it gets the next index here and its place at
+    /// the end of `DECIDED_BY` (checked at compile time below).
+    const fn index(self) -> usize {
+        match self {
+            DecidedBy::Quorum => 0,
+            DecidedBy::InElection => 1,
+            DecidedBy::OutOfElection => 2,
+        }
+    }
+}
+
+// `DECIDED_BY[i].index() == i` for every `i`.
+const _: () = {
+    let mut i = 0;
+    while i < DECIDED_BY.len() {
+        assert!(DECIDED_BY[i].index() == i);
+        i += 1;
+    }
+};
+
 /// The handles of one node, and what it takes to derive them: when the
 /// current election started and which peers are, or have been, connected.
 #[derive(Debug)]
 pub(crate) struct NodeMetrics {
     elections: Counter,
-    elected: [Counter; 3],
+    elected: [Counter; DECIDED_BY.len()],
     state: Gauge,
     round: Gauge,
     epoch: Gauge,
@@ -135,11 +165,7 @@ impl NodeMetrics {
         let by = |b: DecidedBy| counter!(LEADER_ELECTED, "id" => id.clone(), "by" => decided_by_label(b));
         NodeMetrics {
             elections: counter!(ELECTIONS, "id" => id.clone()),
-            elected: [
-                by(DecidedBy::Quorum),
-                by(DecidedBy::InElection),
-                by(DecidedBy::OutOfElection),
-            ],
+            elected: DECIDED_BY.map(by),
             state: gauge!(STATE, "id" => id.clone()),
             round: gauge!(ROUND, "id" => id.clone()),
             epoch: gauge!(EPOCH, "id" => id.clone()),
@@ -169,12 +195,7 @@ impl NodeMetrics {
                 self.status(s);
             }
             Event::Decided(d) => {
-                let i = match d.by {
-                    DecidedBy::Quorum => 0,
-                    DecidedBy::InElection => 1,
-                    DecidedBy::OutOfElection => 2,
-                };
-                self.elected[i].increment(1);
+                self.elected[d.by.index()].increment(1);
                 if let Some(since) = self.looking_since.take() {
                     let took = elapsed.saturating_sub(since).as_secs_f64();
                     self.duration.record(took);
@@ -206,9 +227,7 @@ impl NodeMetrics {
                 self.connected.remove(peer);
             }
             TransportEvent::Rejected { reason, .. } => {
-                if let Some(i) = RejectReason::ALL.iter().position(|r| r == reason) {
-                    self.rejected[i].increment(1);
-                }
+                self.rejected[reason.index()].increment(1);
             }
             TransportEvent::Message { .. } => return,
         }

@@ -202,6 +202,20 @@ impl RejectReason {
         RejectReason::Handshake,
     ];
 
+    /// The reason's position in [`ALL`](Self::ALL), which indexes per-reason
+    /// counters. The match is exhaustive: a new variant does not compile
+    /// until it gets the next index here and its place at the end of `ALL`
+    /// (a compile-time check below holds the two in step).
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            RejectReason::Malformed => 0,
+            RejectReason::Version => 1,
+            RejectReason::TooLarge => 2,
+            RejectReason::UnknownPeer => 3,
+            RejectReason::Handshake => 4,
+        }
+    }
+
     /// The reason as a metric label: `malformed`, `version`, `too_large`,
     /// `unknown_peer` or `handshake`.
     #[must_use]
@@ -226,6 +240,17 @@ impl RejectReason {
         }
     }
 }
+
+// `RejectReason::ALL[i].index() == i` for every `i`: `ALL` lists each
+// reason at its index, so a counter array built from `ALL` is indexed by
+// `index()`.
+const _: () = {
+    let mut i = 0;
+    while i < RejectReason::ALL.len() {
+        assert!(RejectReason::ALL[i].index() == i);
+        i += 1;
+    }
+};
 
 /// What the manager task hears: from the `Transport` handle, the accept
 /// loop, the dialling tasks and each connection's reader.
