@@ -1,8 +1,9 @@
 //! The crate's one error type.
 //!
 //! Probing a service is the only thing in this crate that fails in a way a
-//! caller may want to match on, hence the name; the proxy and the ZooKeeper
-//! helpers fail with the `std::io::Error` of the operation that failed.
+//! caller may want to match on, hence the name; the proxy, the ZooKeeper
+//! helpers and `scrape` fail with the `std::io::Error` of the operation that
+//! failed.
 
 use std::net::SocketAddr;
 

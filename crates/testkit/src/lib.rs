@@ -13,7 +13,9 @@
 //! * [`ZooKeeperServer`] writes a `zoo.cfg` and builds the command that runs
 //!   Debian's ZooKeeper, standalone or as an ensemble member.
 //! * `TestRecorder` (feature `metrics`) keeps what the code under test
-//!   recorded through the `metrics` facade, for one test at a time.
+//!   recorded through the `metrics` facade, for one test at a time;
+//!   `scrape` (same feature) fetches a Prometheus endpoint's page over a
+//!   blocking HTTP/1.1 `GET`.
 //!
 //! # Quick example
 //!
@@ -35,11 +37,15 @@ mod error;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod proxy;
+#[cfg(feature = "metrics")]
+mod scrape;
 mod services;
 mod zookeeper;
 
 #[cfg(feature = "metrics")]
 pub use crate::metrics::TestRecorder;
+#[cfg(feature = "metrics")]
+pub use crate::scrape::scrape;
 
 pub use error::{ProbeError, Result};
 pub use proxy::{FaultProxy, Mode};

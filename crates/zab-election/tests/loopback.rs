@@ -589,19 +589,9 @@ async fn nodes_report_elections_states_and_connections_through_metrics() {
 fn zab_node_serves_its_metrics_for_prometheus() {
     let c = Cluster::start_full(3, false, true);
     let (leader, _) = c.wait_stable(0, Duration::from_secs(20));
-    let scrape = |id: u64| {
-        let mut s = std::net::TcpStream::connect(c.metrics[&id]).unwrap();
-        std::io::Write::write_all(
-            &mut s,
-            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap();
-        let mut body = String::new();
-        std::io::Read::read_to_string(&mut s, &mut body).unwrap();
-        body
-    };
+    // `testkit::scrape` fails unless the answer is a `200`.
+    let scrape = |id: u64| testkit::scrape(c.metrics[&id], Duration::from_secs(10)).unwrap();
     let body = scrape(leader);
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(
         body.contains(&format!("zab_state{{id=\"{leader}\"}} 2")),
         "the leader reports LEADING: {body}"
