@@ -268,13 +268,8 @@ async fn without_a_local_cache_a_hot_key_is_held_to_its_per_key_limit() {
         "every cold read was a hit"
     );
     // Redis saw one read per hit and none per blank: the hot key's share
-    // is within the per-key bound.
+    // is its hits, exactly the per-key bound checked above.
     assert_eq!(reads, hot_hits + cold_hits, "server reads");
-    assert!(
-        reads - cold_hits <= cap,
-        "{} hot reads above {cap}",
-        reads - cold_hits
-    );
     assert_eq!(
         recorder.counter(
             BLANKS,
