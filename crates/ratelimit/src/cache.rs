@@ -667,9 +667,15 @@ where
     }
 
     fn memo_too_large(&self, key: &[u8]) -> Option<u64> {
+        let latest = self.inner.too_large_until.load(Ordering::Acquire);
+        if latest == 0 {
+            // No verdict was ever remembered: the usual case, at no clock
+            // read and no moka cost.
+            return None;
+        }
         let now = self.inner.time.now_nanos();
-        if now >= self.inner.too_large_until.load(Ordering::Acquire) {
-            // No verdict is valid now: the usual case, at no moka cost.
+        if now >= latest {
+            // No verdict is valid now: no moka cost either.
             return None;
         }
         let (size, until) = self.inner.too_large.get(key)?;
