@@ -63,17 +63,7 @@ impl Backoff {
     /// The delay before the next attempt, given a uniform random `u64`;
     /// counts one more failure.
     pub(crate) fn next_delay(&mut self, random: u64) -> Duration {
-        let attempt = self.failures;
-        self.failures = self.failures.saturating_add(1);
-        if attempt == 0 {
-            return Duration::ZERO;
-        }
-        let shift = (attempt - 1).min(30);
-        let nominal = self
-            .cfg
-            .initial
-            .saturating_mul(1u32 << shift)
-            .min(self.cfg.max);
+        let nominal = self.next_nominal_delay();
         let half = nominal / 2;
         let spread = (nominal - half).as_nanos() as u64;
         let jitter = if spread == 0 {
@@ -82,6 +72,23 @@ impl Backoff {
             random % (spread + 1)
         };
         half + Duration::from_nanos(jitter)
+    }
+
+    /// The delay before the next attempt without jitter — zero for the
+    /// first, then `min(max, initial * 2^n)`; counts one more failure. For
+    /// retries no crowd shares (a local directory), where lock-step does
+    /// not matter and exact waits are easier to reason about.
+    pub(crate) fn next_nominal_delay(&mut self) -> Duration {
+        let attempt = self.failures;
+        self.failures = self.failures.saturating_add(1);
+        if attempt == 0 {
+            return Duration::ZERO;
+        }
+        let shift = (attempt - 1).min(30);
+        self.cfg
+            .initial
+            .saturating_mul(1u32 << shift)
+            .min(self.cfg.max)
     }
 
     /// Forgets past failures (after a successful recovery).
@@ -118,6 +125,27 @@ mod tests {
         assert!(*d.last().unwrap() >= Duration::from_secs(1));
         b.reset();
         assert_eq!(b.next_delay(1), Duration::ZERO);
+    }
+
+    #[test]
+    fn nominal_delays_double_exactly_up_to_the_cap() {
+        let mut b = Backoff::new(cfg());
+        let d: Vec<_> = (0..7).map(|_| b.next_nominal_delay()).collect();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            d,
+            [
+                ms(0),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(2000)
+            ]
+        );
+        b.reset();
+        assert_eq!(b.next_nominal_delay(), Duration::ZERO);
     }
 
     #[test]

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use double_buffer::{Position, RecoveryReport, Replay, SpillLog};
 use tracing::{error, info, warn};
 
+use crate::backoff::{Backoff, BackoffConfig};
 use crate::error::{Error, Result, SpillError, invalid};
 
 /// Resolves once an appended record is durable (or the append failed).
@@ -151,7 +152,6 @@ pub(crate) struct DiskSpill {
 struct Shared {
     dir: PathBuf,
     open: Opener,
-    reopen_interval: Duration,
     /// The generation of the newest log that made a record durable.
     proven: AtomicU64,
     state: Mutex<State>,
@@ -167,8 +167,10 @@ struct State {
     reader: Weak<Mutex<Option<Replay>>>,
     /// No reopen before this (unless the failed log had proven itself).
     next_attempt: Instant,
-    /// The wait after the next attempt.
-    delay: Duration,
+    /// The waits between reopen attempts: `reopen_interval` doubling up
+    /// to [`MAX_REOPEN_INTERVAL`] (or `reopen_interval` if longer), without
+    /// jitter; reset once a log has proven itself.
+    backoff: Backoff,
     /// Appenders and readers waiting for a reopen to finish.
     wakers: Vec<Waker>,
     /// The thread of the last reopen.
@@ -205,18 +207,23 @@ impl DiskSpill {
         cfg.validate()?;
         let (log, report) = open().map_err(|e| Error::Spill(Box::new(e)))?;
         log_opened(&cfg.dir, &report, "spill log opened");
+        let mut backoff = Backoff::new(BackoffConfig {
+            initial: cfg.reopen_interval,
+            max: MAX_REOPEN_INTERVAL.max(cfg.reopen_interval),
+        });
+        // The first attempt is immediate.
+        let next_attempt = Instant::now() + backoff.next_nominal_delay();
         Ok(DiskSpill {
             shared: Arc::new(Shared {
                 dir: cfg.dir.clone(),
                 open,
-                reopen_interval: cfg.reopen_interval,
                 proven: AtomicU64::new(0),
                 state: Mutex::new(State {
                     slot: Slot::Open(log),
                     generation: 1,
                     reader: Weak::new(),
-                    next_attempt: Instant::now(),
-                    delay: cfg.reopen_interval,
+                    next_attempt,
+                    backoff,
                     wakers: Vec::new(),
                     worker: None,
                 }),
@@ -248,13 +255,15 @@ impl Shared {
     fn begin_reopen(self: &Arc<Self>, st: &mut State, cause: double_buffer::Error) -> bool {
         let now = Instant::now();
         if self.proven.load(Ordering::Acquire) >= st.generation {
-            // The failing log had made records durable: a fresh failure.
-            st.delay = self.reopen_interval;
-        } else if now < st.next_attempt {
+            // The failing log had made records durable: a fresh failure,
+            // whose first attempt is immediate.
+            st.backoff.reset();
+            st.next_attempt = now + st.backoff.next_nominal_delay();
+        }
+        if now < st.next_attempt {
             return false;
         }
-        st.next_attempt = now + st.delay;
-        st.delay = (st.delay * 2).min(MAX_REOPEN_INTERVAL.max(self.reopen_interval));
+        st.next_attempt = now + st.backoff.next_nominal_delay();
         st.generation += 1;
         warn!(
             dir = %self.dir.display(),
