@@ -584,8 +584,8 @@ async fn a_failed_spill_is_an_error_not_an_acknowledgement() {
 /// it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_error_fails_that_spill_and_spilling_resumes() {
-    use crate::spill::{DiskSpill, SpillConfig};
-    use double_buffer::{Fault, MemStorage, SpillLog};
+    use crate::spill::{DiskSpill, Opener, SpillConfig};
+    use double_buffer::{Fault, MemStorage};
 
     let broker = FakeBroker::new(Mode::Ack);
     broker.with(|s| s.refuse_connects = true);
@@ -601,10 +601,9 @@ async fn a_disk_error_fails_that_spill_and_spilling_resumes() {
         log: log.clone(),
         reopen_interval: Duration::from_millis(50),
     };
-    let m = mem.clone();
     let spill = DiskSpill::open_with(
         &spill_cfg,
-        Arc::new(move || SpillLog::open_with_storage(Arc::new(m.clone()), log.clone())),
+        Opener::storage(mem.clone(), log, MemStorage::new()),
     )
     .unwrap();
     let e = Engine::start(
@@ -767,6 +766,86 @@ async fn an_undecodable_record_lands_in_the_quarantine_directory() {
     assert_eq!(std::fs::read(&files[0]).unwrap(), newer);
     assert_eq!(e.stats().corrupt_records, 1);
     e.close().await;
+}
+
+/// The same in memory: the quarantine goes through the opener's storage,
+/// like the log, never to the real file system (the log's "directory" is
+/// `mem:`). While the quarantine cannot be written (an injected fault),
+/// the replay stops before the record and is retried; once it can, the
+/// record's bytes are in the quarantine storage and the replay goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_record_is_quarantined_in_the_opener_storage() {
+    use crate::spill::{DiskSpill, Opener, Spill, SpillConfig};
+    use double_buffer::{Fault, MemStorage, Storage};
+
+    let log = double_buffer::Config {
+        slices: 1,
+        buffer_size: 16 << 10,
+        linger: Duration::from_millis(1),
+        ..double_buffer::Config::default()
+    };
+    let cfg = SpillConfig {
+        dir: "mem:".into(),
+        log: log.clone(),
+        reopen_interval: Duration::from_millis(50),
+    };
+    let quarantine = MemStorage::new();
+    let spill = DiskSpill::open_with(
+        &cfg,
+        Opener::storage(MemStorage::new(), log, quarantine.clone()),
+    )
+    .unwrap();
+    let newer = b"\x09 a record from a newer build".to_vec();
+    let records = [
+        record::encode(&msg(0)),
+        newer.clone(),
+        record::encode(&msg(1)),
+    ];
+    for r in &records {
+        let durable = std::future::poll_fn(|cx| spill.poll_append(cx, r))
+            .await
+            .unwrap();
+        durable.await.unwrap();
+    }
+    // The quarantine file is created, but its fsync fails.
+    quarantine.inject(Fault::Sync, 0, std::io::ErrorKind::StorageFull);
+
+    let broker = FakeBroker::new(Mode::Ack);
+    let e = Engine::start(
+        cfg_with_fast_retry(),
+        Arc::new(broker.clone()),
+        Arc::new(spill),
+        "publisher",
+    )
+    .unwrap();
+    wait_state(&e, PublisherState::Recovering).await;
+    wait_state(&e, PublisherState::Degraded).await;
+    // Retried, stopping at the same place each time.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(first_occurrences(&broker.received()), ["m0"]);
+    assert_eq!(e.stats().corrupt_records, 0);
+    let names = quarantine.list().unwrap();
+    assert!(
+        names.iter().all(|n| n.ends_with(".bin.tmp")),
+        "nothing under a final name yet: {names:?}"
+    );
+    quarantine.heal();
+    wait_state(&e, PublisherState::Healthy).await;
+    e.flush().await.unwrap();
+    assert_eq!(first_occurrences(&broker.received()), ["m0", "m1"]);
+    let names = quarantine.list().unwrap();
+    assert_eq!(names.len(), 1, "the temporary file is gone: {names:?}");
+    assert!(
+        names[0].ends_with(".bin") && names[0].trim_end_matches(".bin").parse::<u64>().is_ok(),
+        "named by record id: {names:?}"
+    );
+    assert_eq!(quarantine.read(&names[0]).unwrap(), newer);
+    assert_eq!(e.stats().corrupt_records, 1);
+    e.close().await;
+    assert!(
+        !std::path::Path::new("mem:").exists(),
+        "nothing written to the real file system"
+    );
 }
 
 fn cfg_with_fast_retry() -> EngineConfig {

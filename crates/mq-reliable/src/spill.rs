@@ -138,10 +138,41 @@ impl SpillConfig {
     }
 }
 
-/// Opens the log (recovering it): the directory in production, any
+/// Opens the log (recovering it) and says where records this build cannot
+/// decode go: the directory and `<dir>/quarantine` in production, any
 /// `double-buffer` storage in tests.
-pub(crate) type Opener =
-    Arc<dyn Fn() -> double_buffer::Result<(SpillLog, RecoveryReport)> + Send + Sync>;
+#[derive(Clone)]
+pub(crate) struct Opener {
+    log: Arc<dyn Fn() -> double_buffer::Result<(SpillLog, RecoveryReport)> + Send + Sync>,
+    quarantine: Arc<dyn Quarantine>,
+}
+
+impl Opener {
+    /// `log` opens the log (also for every reopen); `quarantine` keeps
+    /// undecodable records.
+    pub(crate) fn new(
+        log: impl Fn() -> double_buffer::Result<(SpillLog, RecoveryReport)> + Send + Sync + 'static,
+        quarantine: Arc<dyn Quarantine>,
+    ) -> Opener {
+        Opener {
+            log: Arc::new(log),
+            quarantine,
+        }
+    }
+
+    /// The log on `log` (in memory in tests), its quarantine on `quarantine`.
+    #[cfg(test)]
+    pub(crate) fn storage(
+        log: double_buffer::MemStorage,
+        cfg: double_buffer::Config,
+        quarantine: double_buffer::MemStorage,
+    ) -> Opener {
+        Opener::new(
+            move || SpillLog::open_with_storage(Arc::new(log.clone()), cfg.clone()),
+            Arc::new(StorageQuarantine(Arc::new(quarantine))),
+        )
+    }
+}
 
 /// The `double-buffer` spill log behind the [`Spill`] trait, replaced by a
 /// freshly opened one when it fails (see the module docs).
@@ -199,13 +230,19 @@ impl DiskSpill {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.dir).map_err(|e| Error::Spill(Box::new(e)))?;
         let (dir, log) = (cfg.dir.clone(), cfg.log.clone());
-        DiskSpill::open_with(cfg, Arc::new(move || SpillLog::open(&dir, log.clone())))
+        let quarantine = Arc::new(DirQuarantine {
+            dir: cfg.dir.join(QUARANTINE_DIR),
+        });
+        DiskSpill::open_with(
+            cfg,
+            Opener::new(move || SpillLog::open(&dir, log.clone()), quarantine),
+        )
     }
 
     /// Opens the log with `open` (also used for every reopen).
     pub(crate) fn open_with(cfg: &SpillConfig, open: Opener) -> Result<DiskSpill> {
         cfg.validate()?;
-        let (log, report) = open().map_err(|e| Error::Spill(Box::new(e)))?;
+        let (log, report) = (open.log)().map_err(|e| Error::Spill(Box::new(e)))?;
         log_opened(&cfg.dir, &report, "spill log opened");
         let mut backoff = Backoff::new(BackoffConfig {
             initial: cfg.reopen_interval,
@@ -304,7 +341,7 @@ impl Shared {
             // A failed log's close reports the failure again.
             drop(log.close());
         }
-        let opened = (self.open)();
+        let opened = (self.open.log)();
         let wakers = {
             let mut st = lock(&self.state);
             st.slot = match opened {
@@ -422,7 +459,7 @@ impl Spill for DiskSpill {
                 st.reader = Arc::downgrade(&replay);
                 Ok(Box::new(DiskReader {
                     replay,
-                    quarantine: self.shared.dir.join(QUARANTINE_DIR),
+                    quarantine: Arc::clone(&self.shared.open.quarantine),
                 }))
             }
             // The engine retries the replay later.
@@ -440,8 +477,8 @@ impl Spill for DiskSpill {
 /// the failed log and its directory lock), and it then fails.
 struct DiskReader {
     replay: Arc<Mutex<Option<Replay>>>,
-    /// `<spill dir>/quarantine`.
-    quarantine: PathBuf,
+    /// The opener's quarantine.
+    quarantine: Arc<dyn Quarantine>,
 }
 
 impl DiskReader {
@@ -478,13 +515,7 @@ impl SpillReader for DiskReader {
     }
 
     fn quarantine(&mut self, record: &SpillRecord) -> Result<PathBuf, SpillError> {
-        write_quarantine(&self.quarantine, record.id, &record.bytes).map_err(|e| {
-            Box::new(double_buffer::Error::Io {
-                op: "write quarantine file in",
-                path: self.quarantine.clone(),
-                source: Arc::new(e),
-            }) as SpillError
-        })
+        self.quarantine.write(record.id, &record.bytes)
     }
 }
 
@@ -534,6 +565,72 @@ pub(crate) trait SpillReader: Send + 'static {
 
 /// The quarantine directory inside a spill directory.
 pub(crate) const QUARANTINE_DIR: &str = "quarantine";
+
+/// Where a [`DiskSpill`] keeps the records this build cannot decode.
+pub(crate) trait Quarantine: Send + Sync + fmt::Debug + 'static {
+    /// Stores `bytes` durably as `<id>.bin` (file and directory synced);
+    /// returns where. Called on a blocking thread.
+    fn write(&self, id: u64, bytes: &[u8]) -> Result<PathBuf, SpillError>;
+}
+
+/// `<spill dir>/quarantine` on disk, written by [`write_quarantine`].
+#[derive(Debug)]
+struct DirQuarantine {
+    dir: PathBuf,
+}
+
+impl Quarantine for DirQuarantine {
+    fn write(&self, id: u64, bytes: &[u8]) -> Result<PathBuf, SpillError> {
+        write_quarantine(&self.dir, id, bytes).map_err(|e| {
+            Box::new(double_buffer::Error::Io {
+                op: "write quarantine file in",
+                path: self.dir.clone(),
+                source: Arc::new(e),
+            }) as SpillError
+        })
+    }
+}
+
+/// A quarantine on a `double-buffer` [`Storage`](double_buffer::Storage)
+/// (in memory in tests, with injectable faults), written like
+/// [`write_quarantine`]: a temporary file written and synced, renamed into
+/// place, the directory synced.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct StorageQuarantine(pub(crate) Arc<dyn double_buffer::Storage>);
+
+#[cfg(test)]
+impl Quarantine for StorageQuarantine {
+    fn write(&self, id: u64, bytes: &[u8]) -> Result<PathBuf, SpillError> {
+        let storage = &self.0;
+        let (name, tmp) = (format!("{id}.bin"), format!("{id}.bin.tmp"));
+        let err = |op: &'static str, file: &str, e: std::io::Error| -> SpillError {
+            Box::new(double_buffer::Error::Io {
+                op,
+                path: storage.path_of(file),
+                source: Arc::new(e),
+            })
+        };
+        // A temporary file left by an earlier failed attempt.
+        match storage.remove(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err("remove", &tmp, e)),
+        }
+        let file = storage.create(&tmp).map_err(|e| err("create", &tmp, e))?;
+        file.write_all_at(bytes, 0)
+            .map_err(|e| err("write", &tmp, e))?;
+        file.sync_all().map_err(|e| err("fsync", &tmp, e))?;
+        drop(file);
+        storage
+            .rename(&tmp, &name)
+            .map_err(|e| err("rename", &tmp, e))?;
+        storage
+            .sync_dir()
+            .map_err(|e| err("fsync directory of", &name, e))?;
+        Ok(storage.path_of(&name))
+    }
+}
 
 /// Writes `bytes` to `<dir>/<id>.bin` durably: a temporary file, written and
 /// fsynced, renamed into place (so a crash never leaves a partial file
@@ -788,7 +885,7 @@ mod disk_tests {
         let (m1, m2, m3) = (mem.clone(), mem.clone(), mem);
         Env {
             cfg: spill_config(PathBuf::from("mem:")),
-            open: Arc::new(move || SpillLog::open_with_storage(Arc::new(m1.clone()), log_config())),
+            open: Opener::storage(m1, log_config(), MemStorage::new()),
             // Every sync fails until healed (the failing log's cut too).
             fail: Box::new(move || m2.inject(Fault::Sync, 0, io::ErrorKind::StorageFull)),
             heal: Box::new(move || m3.heal()),
@@ -802,15 +899,21 @@ mod disk_tests {
         let failing = Arc::new(AtomicU64::new(0));
         let (f1, f2, f3) = (Arc::clone(&failing), Arc::clone(&failing), failing);
         let p = path.clone();
+        let quarantine = Arc::new(DirQuarantine {
+            dir: path.join(QUARANTINE_DIR),
+        });
         Env {
             cfg: spill_config(path),
-            open: Arc::new(move || {
-                let storage = FlakyDisk {
-                    inner: DiskStorage::open(&p)?,
-                    failing: Arc::clone(&f1),
-                };
-                SpillLog::open_with_storage(Arc::new(storage), log_config())
-            }),
+            open: Opener::new(
+                move || {
+                    let storage = FlakyDisk {
+                        inner: DiskStorage::open(&p)?,
+                        failing: Arc::clone(&f1),
+                    };
+                    SpillLog::open_with_storage(Arc::new(storage), log_config())
+                },
+                quarantine,
+            ),
             // The next fsync fails; the disk is fine after that.
             fail: Box::new(move || f2.store(1, Ordering::SeqCst)),
             heal: Box::new(move || f3.store(0, Ordering::SeqCst)),
@@ -935,7 +1038,7 @@ mod disk_tests {
     /// before and after reads back — also after the directory is opened
     /// afresh (a restart).
     async fn a_failed_log_is_reopened_and_spilling_resumes(env: Env) {
-        let s = DiskSpill::open_with(&env.cfg, Arc::clone(&env.open)).unwrap();
+        let s = DiskSpill::open_with(&env.cfg, env.open.clone()).unwrap();
         let mut acked = Vec::new();
         for i in 0..10 {
             spill(&s, &rec(i)).await.unwrap();
@@ -953,7 +1056,7 @@ mod disk_tests {
         // The failing log cut the record that got the error.
         assert_eq!(read_all(&s), acked);
         drop(s);
-        let s = DiskSpill::open_with(&env.cfg, Arc::clone(&env.open)).unwrap();
+        let s = DiskSpill::open_with(&env.cfg, env.open.clone()).unwrap();
         assert_eq!(read_all(&s), acked);
     }
 
@@ -961,7 +1064,7 @@ mod disk_tests {
     /// directory lock): the reopen closes it, it fails from then on, and a
     /// new reader reads everything acknowledged.
     async fn a_reader_on_the_failed_log_is_closed_by_the_reopen(env: Env) {
-        let s = DiskSpill::open_with(&env.cfg, Arc::clone(&env.open)).unwrap();
+        let s = DiskSpill::open_with(&env.cfg, env.open.clone()).unwrap();
         let mut acked = Vec::new();
         for i in 0..5 {
             spill(&s, &rec(i)).await.unwrap();
@@ -1012,17 +1115,20 @@ mod disk_tests {
         let refuse = Arc::new(AtomicBool::new(false));
         let opens = Arc::new(AtomicU64::new(0));
         let (m, r, o) = (mem.clone(), Arc::clone(&refuse), Arc::clone(&opens));
-        let open: Opener = Arc::new(move || {
-            o.fetch_add(1, Ordering::SeqCst);
-            if r.load(Ordering::SeqCst) {
-                return Err(double_buffer::Error::Io {
-                    op: "open",
-                    path: PathBuf::from("mem:"),
-                    source: Arc::new(io::Error::from(io::ErrorKind::PermissionDenied)),
-                });
-            }
-            SpillLog::open_with_storage(Arc::new(m.clone()), log_config())
-        });
+        let open = Opener::new(
+            move || {
+                o.fetch_add(1, Ordering::SeqCst);
+                if r.load(Ordering::SeqCst) {
+                    return Err(double_buffer::Error::Io {
+                        op: "open",
+                        path: PathBuf::from("mem:"),
+                        source: Arc::new(io::Error::from(io::ErrorKind::PermissionDenied)),
+                    });
+                }
+                SpillLog::open_with_storage(Arc::new(m.clone()), log_config())
+            },
+            Arc::new(StorageQuarantine(Arc::new(MemStorage::new()))),
+        );
         // Wide margins: the machine is shared and may stall.
         let interval = Duration::from_millis(500);
         let cfg = SpillConfig {
