@@ -100,15 +100,5 @@ fn main() {
             sketch_rotation_loses_no_read,
         ),
     ];
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let mut passed = 0;
-    for (name, model) in models {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        model();
-        println!("loom model {name} ... ok");
-        passed += 1;
-    }
-    println!("{passed} passed, 0 failed");
+    testkit::run_models(&models);
 }

@@ -93,15 +93,5 @@ fn main() {
             a_late_renewal_never_moves_the_lease_back,
         ),
     ];
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let mut passed = 0;
-    for (name, model) in models {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        model();
-        println!("loom model {name} ... ok");
-        passed += 1;
-    }
-    println!("{passed} passed, 0 failed");
+    testkit::run_models(&models);
 }

@@ -16,6 +16,8 @@
 //!   recorded through the `metrics` facade, for one test at a time;
 //!   `scrape` (same feature) fetches a Prometheus endpoint's page over a
 //!   blocking HTTP/1.1 `GET`.
+//! * [`run_models`] is the `main` of a harness-less test target (the loom
+//!   model checks): runs each model, honours a name filter, prints a summary.
 //!
 //! # Quick example
 //!
@@ -36,6 +38,7 @@
 mod error;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod models;
 mod proxy;
 #[cfg(feature = "metrics")]
 mod scrape;
@@ -48,6 +51,7 @@ pub use crate::metrics::TestRecorder;
 pub use crate::scrape::scrape;
 
 pub use error::{ProbeError, Result};
+pub use models::run_models;
 pub use proxy::{FaultProxy, Mode};
 pub use services::{Service, require};
 pub use zookeeper::{
