@@ -263,6 +263,11 @@ macro_rules! publisher_api {
 pub(crate) use publisher_api;
 
 /// Resolves to the receipt of one submitted message.
+///
+/// The publisher keeps the message until its verdict and hands it back
+/// with the receipt, so its memory is freed where this resolves — usually
+/// the thread that built it, which is cheaper for the allocator than a
+/// free on the publisher's thread.
 #[must_use = "the message is acknowledged only when this resolves to Ok"]
 #[derive(Debug)]
 pub struct PendingReceipt {
