@@ -7,6 +7,10 @@
 //! debug build, so that CI keeps the benchmarks from rotting. The full run
 //! also draws the curves under `docs/benchmarks/` (durable rate against
 //! writers, consumer throughput against prefetch).
+//!
+//! Every selected benchmark is built first, in one `cargo build
+//! --workspace` (see `build`), then run from `target/`: the seconds
+//! reported are the run's alone.
 
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
@@ -44,6 +48,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         bail!("no benchmark matches {wanted:?}; known: {BENCHES:?}");
     }
     crate::services::up()?;
+    build(&selected, smoke)?;
     let mut outcomes = Vec::new();
     let mut failed = Vec::new();
     for (package, example) in selected {
@@ -52,19 +57,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             if smoke { " (smoke)" } else { "" }
         );
         let started = Instant::now();
-        let mut cmd = Command::new(crate::cargo_bin());
-        cmd.current_dir(crate::workspace_root()).args([
-            "run",
-            "--quiet",
-            "-p",
-            package,
-            "--example",
-            example,
-        ]);
-        if !smoke {
-            cmd.arg("--release");
-        }
-        cmd.arg("--");
+        let mut cmd = Command::new(example_path(example, smoke));
+        cmd.current_dir(crate::workspace_root());
         if smoke {
             cmd.arg("--smoke");
         } else if example == "spill_bench" {
@@ -111,6 +105,39 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The example that draws the prefetch curve in a full run.
+const TUNER: &str = "prefetch-tuner";
+
+/// Builds every selected benchmark (and, for a full run, the tuner) in one
+/// cargo invocation over the whole workspace. One `cargo run -p` per
+/// benchmark resolved features per package: each rebuilt tokio, lapin and
+/// librdkafka's C code with its own feature set, which took CI's smoke stage
+/// longer than the tests. With `--workspace` the features are those of
+/// `cargo test --workspace`, so after the tests the smoke build is a no-op.
+fn build(selected: &[(&str, &str)], smoke: bool) -> Result<()> {
+    let mut args = vec!["build", "--workspace"];
+    if !smoke {
+        args.push("--release");
+    }
+    for (_, example) in selected {
+        args.extend(["--example", example]);
+    }
+    if !smoke {
+        // `draw_charts` runs it in every full run.
+        args.extend(["--example", TUNER]);
+    }
+    crate::cargo(&args, &[])
+}
+
+/// The binary `build` made for `example`.
+fn example_path(example: &str, smoke: bool) -> std::path::PathBuf {
+    let profile = if smoke { "debug" } else { "release" };
+    crate::target_dir()
+        .join(profile)
+        .join("examples")
+        .join(example)
 }
 
 /// Where spill_bench leaves its rows for the durable-rate chart.
@@ -169,18 +196,8 @@ fn draw_charts(
     println!("\n=== mq-reliable / prefetch-tuner ===");
     let started = Instant::now();
     let svg = dir.join("prefetch.svg");
-    let output = Command::new(crate::cargo_bin())
+    let output = Command::new(example_path(TUNER, false))
         .current_dir(crate::workspace_root())
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "mq-reliable",
-            "--example",
-            "prefetch-tuner",
-            "--",
-        ])
         .arg("--amqp")
         .arg(testkit::Service::RabbitMq.url())
         .arg("--svg")
