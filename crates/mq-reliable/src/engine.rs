@@ -175,7 +175,7 @@ struct Publish {
 }
 
 /// What a [`PendingReceipt`] receives: the receipt, and the message itself.
-type Answer = (Result<Receipt>, Option<Message>);
+type Answer = (Result<Receipt>, Message);
 
 /// Where one message's receipt goes.
 ///
@@ -190,7 +190,7 @@ type Answer = (Result<Receipt>, Option<Message>);
 struct Reply(oneshot::Sender<Answer>);
 
 impl Reply {
-    fn send(self, result: Result<Receipt>, msg: Option<Message>) {
+    fn send(self, result: Result<Receipt>, msg: Message) {
         // The caller may have dropped its receipt: nothing to tell then.
         let _ = self.0.send((result, msg));
     }
@@ -280,7 +280,7 @@ impl Future for PendingReceipt {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let what = self.what;
-        // The message, if it came back, is dropped here (see `Reply`).
+        // The message that came back is dropped here (see `Reply`).
         Pin::new(&mut self.rx)
             .poll(cx)
             .map(|r| r.map_or(Err(Error::Closed(what)), |(result, _msg)| result))
@@ -1176,11 +1176,11 @@ impl Actor {
             (After::Reply { reply, reason, msg }, Ok(())) => {
                 bump(&self.counters.spilled);
                 self.metrics.spilled[reason.index()].increment(1);
-                reply.send(Ok(Receipt::Spilled(reason)), Some(msg));
+                reply.send(Ok(Receipt::Spilled(reason)), msg);
             }
             (After::Reply { reply, msg, .. }, Err(e)) => {
                 error!(error = %e, "spill append failed");
-                reply.send(Err(Error::Spill(e)), Some(msg));
+                reply.send(Err(Error::Spill(e)), msg);
             }
             (
                 After::Moved {
@@ -1247,7 +1247,7 @@ impl Actor {
             Origin::Fresh(reply) => {
                 bump(&self.counters.confirmed);
                 self.metrics.confirms.increment(1);
-                reply.send(Ok(Receipt::Confirmed), Some(msg));
+                reply.send(Ok(Receipt::Confirmed), msg);
             }
             Origin::Replay { run, idx, .. } => {
                 let Some(r) = self
