@@ -716,24 +716,13 @@ async fn a_record_that_cannot_be_quarantined_stops_the_replay_before_it() {
 /// the record; once it can, the replay goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_record_lands_in_the_quarantine_directory() {
-    use crate::spill::{DiskSpill, QUARANTINE_DIR, Spill, SpillConfig};
+    use crate::spill::{DiskSpill, QUARANTINE_DIR, SpillConfig};
 
     let dir = tempfile::tempdir().unwrap();
     let spill_dir = dir.path().join("spill");
     let cfg = SpillConfig::new(&spill_dir);
     let spill = DiskSpill::open(&cfg).unwrap();
-    let newer = b"\x09 a record from a newer build".to_vec();
-    let records = [
-        record::encode(&msg(0)),
-        newer.clone(),
-        record::encode(&msg(1)),
-    ];
-    for r in &records {
-        let durable = std::future::poll_fn(|cx| spill.poll_append(cx, r))
-            .await
-            .unwrap();
-        durable.await.unwrap();
-    }
+    let newer = spill_with_an_undecodable_record(&spill).await;
     // A file where the quarantine directory should be: writing fails.
     let blocker = spill_dir.join(QUARANTINE_DIR);
     std::fs::write(&blocker, b"in the way").unwrap();
@@ -758,11 +747,7 @@ async fn an_undecodable_record_lands_in_the_quarantine_directory() {
         .map(|f| f.unwrap().path())
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
-    let name = files[0].file_name().unwrap().to_str().unwrap().to_owned();
-    assert!(
-        name.ends_with(".bin") && name.trim_end_matches(".bin").parse::<u64>().is_ok(),
-        "named by record id: {name}"
-    );
+    assert_named_by_record_id(files[0].file_name().unwrap().to_str().unwrap());
     assert_eq!(std::fs::read(&files[0]).unwrap(), newer);
     assert_eq!(e.stats().corrupt_records, 1);
     e.close().await;
@@ -775,7 +760,7 @@ async fn an_undecodable_record_lands_in_the_quarantine_directory() {
 /// record's bytes are in the quarantine storage and the replay goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_record_is_quarantined_in_the_opener_storage() {
-    use crate::spill::{DiskSpill, Opener, Spill, SpillConfig};
+    use crate::spill::{DiskSpill, Opener, SpillConfig};
     use double_buffer::{Fault, MemStorage, Storage};
 
     let log = double_buffer::Config {
@@ -795,18 +780,7 @@ async fn an_undecodable_record_is_quarantined_in_the_opener_storage() {
         Opener::storage(MemStorage::new(), log, quarantine.clone()),
     )
     .unwrap();
-    let newer = b"\x09 a record from a newer build".to_vec();
-    let records = [
-        record::encode(&msg(0)),
-        newer.clone(),
-        record::encode(&msg(1)),
-    ];
-    for r in &records {
-        let durable = std::future::poll_fn(|cx| spill.poll_append(cx, r))
-            .await
-            .unwrap();
-        durable.await.unwrap();
-    }
+    let newer = spill_with_an_undecodable_record(&spill).await;
     // The quarantine file is created, but its fsync fails.
     quarantine.inject(Fault::Sync, 0, std::io::ErrorKind::StorageFull);
 
@@ -835,16 +809,39 @@ async fn an_undecodable_record_is_quarantined_in_the_opener_storage() {
     assert_eq!(first_occurrences(&broker.received()), ["m0", "m1"]);
     let names = quarantine.list().unwrap();
     assert_eq!(names.len(), 1, "the temporary file is gone: {names:?}");
-    assert!(
-        names[0].ends_with(".bin") && names[0].trim_end_matches(".bin").parse::<u64>().is_ok(),
-        "named by record id: {names:?}"
-    );
+    assert_named_by_record_id(&names[0]);
     assert_eq!(quarantine.read(&names[0]).unwrap(), newer);
     assert_eq!(e.stats().corrupt_records, 1);
     e.close().await;
     assert!(
         !std::path::Path::new("mem:").exists(),
         "nothing written to the real file system"
+    );
+}
+
+/// Appends, durably, `m0`, a record this build cannot decode (a newer
+/// format) and `m1`; returns the undecodable record's bytes.
+async fn spill_with_an_undecodable_record(spill: &impl crate::spill::Spill) -> Vec<u8> {
+    let newer = b"\x09 a record from a newer build".to_vec();
+    let records = [
+        record::encode(&msg(0)),
+        newer.clone(),
+        record::encode(&msg(1)),
+    ];
+    for r in &records {
+        let durable = std::future::poll_fn(|cx| spill.poll_append(cx, r))
+            .await
+            .unwrap();
+        durable.await.unwrap();
+    }
+    newer
+}
+
+/// A quarantine file is `<record id>.bin`.
+fn assert_named_by_record_id(name: &str) {
+    assert!(
+        name.ends_with(".bin") && name.trim_end_matches(".bin").parse::<u64>().is_ok(),
+        "named by record id: {name}"
     );
 }
 
