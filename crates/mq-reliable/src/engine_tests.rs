@@ -576,6 +576,49 @@ async fn a_failed_spill_is_an_error_not_an_acknowledgement() {
     assert_eq!(e.stats().spilled, 0);
 }
 
+/// The message rides back with its receipt (`Reply`): whether confirmed or
+/// spilled, its memory is freed by the task awaiting the receipt — here the
+/// test's own thread — never on the actor's worker thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_is_freed_where_its_receipt_is_awaited() {
+    /// A payload that records the thread that drops it.
+    struct Owner(Arc<Mutex<Option<std::thread::ThreadId>>>);
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            b"payload"
+        }
+    }
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = Some(std::thread::current().id());
+        }
+    }
+    for broker_down in [false, true] {
+        let broker = FakeBroker::new(Mode::Ack);
+        broker.with(|s| s.refuse_connects = broker_down);
+        let spill = MemorySpill::new();
+        let e = start(&broker, &spill, 4);
+        if !broker_down {
+            wait_state(&e, PublisherState::Healthy).await;
+        }
+        let freed = Arc::new(Mutex::new(None));
+        let payload = bytes::Bytes::from_owner(Owner(Arc::clone(&freed)));
+        let receipt = e
+            .submit(Message::new("m", payload))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(receipt.is_confirmed(), !broker_down, "{receipt:?}");
+        assert_eq!(
+            *freed.lock().unwrap(),
+            Some(std::thread::current().id()),
+            "freed on the awaiting thread (broker down: {broker_down})"
+        );
+        e.close().await;
+    }
+}
+
 /// A brief disk-full while degraded, end to end over the real spill log
 /// (in memory, with an injected fault): the publish it strikes gets an
 /// error, not a receipt; the next ones are spilled again once the log was
