@@ -627,28 +627,12 @@ async fn the_message_is_freed_where_its_receipt_is_awaited() {
 /// it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_error_fails_that_spill_and_spilling_resumes() {
-    use crate::spill::{DiskSpill, Opener, SpillConfig};
     use double_buffer::{Fault, MemStorage};
 
     let broker = FakeBroker::new(Mode::Ack);
     broker.with(|s| s.refuse_connects = true);
     let mem = MemStorage::new();
-    let log = double_buffer::Config {
-        slices: 1,
-        buffer_size: 16 << 10,
-        linger: Duration::from_millis(1),
-        ..double_buffer::Config::default()
-    };
-    let spill_cfg = SpillConfig {
-        dir: "mem:".into(),
-        log: log.clone(),
-        reopen_interval: Duration::from_millis(50),
-    };
-    let spill = DiskSpill::open_with(
-        &spill_cfg,
-        Opener::storage(mem.clone(), log, MemStorage::new()),
-    )
-    .unwrap();
+    let spill = mem_disk_spill(mem.clone(), MemStorage::new());
     let e = Engine::start(
         cfg(4),
         Arc::new(broker.clone()),
@@ -803,26 +787,10 @@ async fn an_undecodable_record_lands_in_the_quarantine_directory() {
 /// record's bytes are in the quarantine storage and the replay goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_record_is_quarantined_in_the_opener_storage() {
-    use crate::spill::{DiskSpill, Opener, SpillConfig};
     use double_buffer::{Fault, MemStorage, Storage};
 
-    let log = double_buffer::Config {
-        slices: 1,
-        buffer_size: 16 << 10,
-        linger: Duration::from_millis(1),
-        ..double_buffer::Config::default()
-    };
-    let cfg = SpillConfig {
-        dir: "mem:".into(),
-        log: log.clone(),
-        reopen_interval: Duration::from_millis(50),
-    };
     let quarantine = MemStorage::new();
-    let spill = DiskSpill::open_with(
-        &cfg,
-        Opener::storage(MemStorage::new(), log, quarantine.clone()),
-    )
-    .unwrap();
+    let spill = mem_disk_spill(MemStorage::new(), quarantine.clone());
     let newer = spill_with_an_undecodable_record(&spill).await;
     // The quarantine file is created, but its fsync fails.
     quarantine.inject(Fault::Sync, 0, std::io::ErrorKind::StorageFull);
@@ -860,6 +828,29 @@ async fn an_undecodable_record_is_quarantined_in_the_opener_storage() {
         !std::path::Path::new("mem:").exists(),
         "nothing written to the real file system"
     );
+}
+
+/// The real spill log (`DiskSpill`, one slice, 16 KiB buffers) over
+/// in-memory storage: `log` for the log, `quarantine` for undecodable
+/// records; the "directory" is `mem:`.
+fn mem_disk_spill(
+    log: double_buffer::MemStorage,
+    quarantine: double_buffer::MemStorage,
+) -> crate::spill::DiskSpill {
+    use crate::spill::{DiskSpill, Opener, SpillConfig};
+
+    let log_cfg = double_buffer::Config {
+        slices: 1,
+        buffer_size: 16 << 10,
+        linger: Duration::from_millis(1),
+        ..double_buffer::Config::default()
+    };
+    let cfg = SpillConfig {
+        dir: "mem:".into(),
+        log: log_cfg.clone(),
+        reopen_interval: Duration::from_millis(50),
+    };
+    DiskSpill::open_with(&cfg, Opener::storage(log, log_cfg, quarantine)).unwrap()
 }
 
 /// Appends, durably, `m0`, a record this build cannot decode (a newer
